@@ -1,0 +1,18 @@
+"""fastpq: Panoptic Quality with the numbers of the COCO panoptic reference, fast.
+
+``import fastpq`` needs only NumPy and Numba; the file path (Pillow, imagecodecs), torch, CuPy,
+torchvision and Dask are imported where they are used.
+"""
+
+from .accumulator import PQAccumulator
+from .api import evaluate
+from .categories import Categories
+from .errors import DecodeError, InputError, SegmentError
+from .result import ClassScore, PQResult, SplitScore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Categories", "ClassScore", "DecodeError", "InputError", "PQAccumulator", "PQResult",
+    "SegmentError", "SplitScore", "evaluate", "__version__",
+]

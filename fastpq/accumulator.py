@@ -1,0 +1,142 @@
+"""The PQ accumulator: four arrays over the dense category index, merged by addition.
+
+``tp``, ``fp`` and ``fn`` are exact int64 counts. The IoU sums are kept as double-double values
+(``iou`` + ``iou_err``, error-free TwoSum at every addition), so the float64 sum that comes out
+does not depend on how images were grouped across threads, processes or machines: merging
+shards in any order gives the same result as one pass, where the reference's own last bits move
+with its CPU count (SPEC §2.6, §2.9). Each image contributes its IoU partial summed in the
+reference's order (ascending (gt id, pred id)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .categories import Categories
+
+
+def _two_sum(a, b):
+    s = a + b
+    bb = s - a
+    err = (a - (s - bb)) + (b - bb)
+    return s, err
+
+
+class PQAccumulator:
+    """Per-category tp, fp, fn and IoU sums over any number of images.
+
+    Mergeable (``a + b``, ``a += b``; categories must be equal), picklable, and convertible to
+    and from a plain dict (:meth:`to_dict` / :meth:`from_dict`).
+    """
+
+    __slots__ = ("categories", "tp", "fp", "fn", "iou", "iou_err", "n_images")
+
+    def __init__(self, categories):
+        self.categories = Categories.coerce(categories)
+        c = len(self.categories)
+        self.tp = np.zeros(c, np.int64)
+        self.fp = np.zeros(c, np.int64)
+        self.fn = np.zeros(c, np.int64)
+        self.iou = np.zeros(c, np.float64)
+        self.iou_err = np.zeros(c, np.float64)
+        self.n_images = 0
+
+    # -- accumulation ----------------------------------------------------------------------------
+    def add_image(self, tp, fp, fn, iou) -> None:
+        """Add one image's per-category counts and IoU partials."""
+        self.tp += tp
+        self.fp += fp
+        self.fn += fn
+        self.iou, err = _two_sum(self.iou, np.asarray(iou, np.float64))
+        self.iou_err += err
+        self.n_images += 1
+
+    def merge(self, other: "PQAccumulator") -> "PQAccumulator":
+        """Add ``other`` into this accumulator (in place) and return self."""
+        if not isinstance(other, PQAccumulator):
+            return NotImplemented
+        if other.categories != self.categories:
+            raise ValueError("cannot merge PQ accumulators built on different category tables")
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+        self.iou, err = _two_sum(self.iou, other.iou)
+        self.iou_err += err + other.iou_err
+        self.n_images += other.n_images
+        return self
+
+    def __iadd__(self, other):
+        return self.merge(other)
+
+    def __add__(self, other):
+        if not isinstance(other, PQAccumulator):
+            return NotImplemented
+        return self.copy().merge(other)
+
+    def __radd__(self, other):
+        # sum([...]) starts from 0
+        if isinstance(other, int) and other == 0:
+            return self.copy()
+        return NotImplemented
+
+    def copy(self) -> "PQAccumulator":
+        new = PQAccumulator(self.categories)
+        for k in ("tp", "fp", "fn", "iou", "iou_err"):
+            setattr(new, k, getattr(self, k).copy())
+        new.n_images = self.n_images
+        return new
+
+    def reset(self) -> None:
+        for k in ("tp", "fp", "fn", "iou", "iou_err"):
+            getattr(self, k)[:] = 0
+        self.n_images = 0
+
+    # -- reading -----------------------------------------------------------------------------------
+    def iou_sum(self) -> np.ndarray:
+        """The IoU sums, rounded to float64."""
+        return self.iou + self.iou_err
+
+    def result(self):
+        """The :class:`~fastpq.result.PQResult` of what was accumulated."""
+        from .result import PQResult
+
+        return PQResult(self.categories, self.tp.copy(), self.fp.copy(), self.fn.copy(),
+                        self.iou_sum(), n_images=self.n_images)
+
+    def __eq__(self, other):
+        return (isinstance(other, PQAccumulator) and self.categories == other.categories
+                and all(np.array_equal(getattr(self, k), getattr(other, k))
+                        for k in ("tp", "fp", "fn"))
+                and np.array_equal(self.iou_sum(), other.iou_sum()))
+
+    def __repr__(self):
+        return (f"PQAccumulator({len(self.categories)} categories, {self.n_images} images, "
+                f"tp={int(self.tp.sum())}, fp={int(self.fp.sum())}, fn={int(self.fn.sum())})")
+
+    # -- plain data --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain-Python state: lists and ints only (JSON-serialisable, exact)."""
+        return {
+            "categories": self.categories.to_coco(),
+            "tp": self.tp.tolist(), "fp": self.fp.tolist(), "fn": self.fn.tolist(),
+            "iou": self.iou.tolist(), "iou_err": self.iou_err.tolist(),
+            "n_images": self.n_images,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "PQAccumulator":
+        acc = cls(Categories.from_coco(state["categories"]))
+        for k in ("tp", "fp", "fn"):
+            setattr(acc, k, np.asarray(state[k], np.int64).copy())
+        acc.iou = np.asarray(state["iou"], np.float64).copy()
+        acc.iou_err = np.asarray(state.get("iou_err", np.zeros_like(acc.iou)), np.float64).copy()
+        acc.n_images = int(state.get("n_images", 0))
+        return acc
+
+    def __getstate__(self):
+        return self.to_dict()
+
+    def __setstate__(self, state):
+        other = PQAccumulator.from_dict(state)
+        for k in self.__slots__:
+            setattr(self, k, getattr(other, k))

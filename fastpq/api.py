@@ -1,0 +1,110 @@
+"""``fastpq.evaluate``: Panoptic Quality of in-memory label maps."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+from .accumulator import PQAccumulator
+from .categories import Categories
+from .errors import InputError
+from .inputs import (Convention, PreparedImage, pick_convention, prepare_coco, prepare_encoded,
+                     split_batch, split_segments)
+from .matching import match_image
+from .result import PQResult
+
+
+def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
+             label_divisor: int | None = None, void_label: int = 0,
+             thing_instance_zero: str = "crowd", image_ids: Sequence | None = None,
+             workers: int | None = 1) -> PQResult:
+    """Panoptic Quality of one image or a list of images, with panopticapi's numbers.
+
+    Parameters
+    ----------
+    gt, pred : array or list of arrays
+        One image or a batch (a list, or a stacked array). Sizes may differ between images, not
+        between an image's GT and prediction. Three conventions, picked by what is passed:
+
+        * COCO: (H, W) integer id maps or (H, W, 3) uint8 RGB maps (id = R + 256 G + 256² B),
+          with ``gt_segments`` / ``pred_segments`` (segments_info lists: dicts with ``id``,
+          ``category_id`` and, for the GT, ``iscrowd``). Id 0 is void.
+        * pairs: (H, W, 2) [category, instance] maps (torchmetrics' layout).
+        * divisor: (H, W) maps of ``category * label_divisor + instance``.
+
+        In the last two, category ``void_label`` is void; see ``thing_instance_zero``.
+    categories : Categories, COCO categories list, {'things': [...], 'stuff': [...]} or preset
+        The category table ('coco' and 'cityscapes' are presets). Class scores are averaged in
+        its order.
+    thing_instance_zero : {'crowd', 'instance'}
+        Pairs/divisor conventions: a thing pixel with instance 0 is a crowd region of its
+        category ('crowd', the Cityscapes convention and the default) or an ordinary instance.
+    image_ids : sequence, optional
+        Names the images in error messages.
+    workers : int or None
+        Threads over images (None: all cores). The result does not depend on it.
+
+    Returns
+    -------
+    PQResult
+
+    Raises
+    ------
+    fastpq.errors.InputError (a ValueError)
+        Shape mismatch, non-integer or negative ids, ids beyond the encoding, an id in a map but
+        not in its segments_info or the reverse, duplicate segment ids, an unknown category, a GT
+        segment without ``iscrowd``, GT segment id 0, empty input. Areas are pixel counts, so a
+        GT id missing from segments_info is refused here (``pq_compute`` reproduces the
+        reference instead and warns).
+    """
+    categories = Categories.coerce(categories)
+    acc = PQAccumulator(categories)
+    for match in iter_matches(gt, pred, gt_segments=gt_segments, pred_segments=pred_segments,
+                              categories=categories, label_divisor=label_divisor,
+                              void_label=void_label, thing_instance_zero=thing_instance_zero,
+                              image_ids=image_ids, workers=workers):
+        acc.add_image(match.tp, match.fp, match.fn, match.iou)
+    return acc.result()
+
+
+def iter_matches(gt, pred, *, gt_segments, pred_segments, categories: Categories,
+                 label_divisor=None, void_label=0, thing_instance_zero="crowd", image_ids=None,
+                 workers=1):
+    """Yield each image's :class:`~fastpq.matching.ImageMatch`, in input order."""
+    convention = pick_convention(gt, gt_segments, label_divisor, void_label, thing_instance_zero)
+    gts = split_batch(gt, convention, "ground-truth")
+    preds = split_batch(pred, convention, "prediction")
+    if len(gts) == 0:
+        raise InputError("empty input: no images to evaluate")
+    if len(gts) != len(preds):
+        raise InputError(f"{len(gts)} ground-truth maps but {len(preds)} predicted maps")
+    gsegs = split_segments(gt_segments, len(gts), "gt_segments")
+    psegs = split_segments(pred_segments, len(gts), "pred_segments")
+    if convention.name == "coco" and pred_segments is None:
+        raise InputError("gt_segments was given without pred_segments")
+    ids = list(image_ids) if image_ids is not None else [None] * len(gts)
+    if len(ids) != len(gts):
+        raise InputError(f"image_ids has {len(ids)} entries for {len(gts)} images")
+
+    def one(k):
+        prepared = prepare_one(gts[k], preds[k], gsegs[k], psegs[k], categories, convention,
+                               image_index=k, image_id=ids[k])
+        return match_image(prepared.pairs, prepared.gt, prepared.pred, len(categories))
+
+    n_workers = os.cpu_count() if workers is None else max(1, int(workers))
+    if n_workers == 1 or len(gts) == 1:
+        for k in range(len(gts)):
+            yield one(k)
+        return
+    with ThreadPoolExecutor(min(n_workers, len(gts)), thread_name_prefix="fastpq") as pool:
+        yield from pool.map(one, range(len(gts)))
+
+
+def prepare_one(gt, pred, gt_segments, pred_segments, categories: Categories,
+                convention: Convention, *, image_index=None, image_id=None) -> PreparedImage:
+    if convention.name == "coco":
+        return prepare_coco(gt, pred, gt_segments, pred_segments, categories,
+                            image_index=image_index, image_id=image_id)
+    return prepare_encoded(gt, pred, categories, convention, image_index=image_index,
+                           image_id=image_id)

@@ -1,0 +1,179 @@
+"""The category table: category ids, names, thing/stuff flags and a dense index.
+
+Every accumulator array is indexed by the dense index of this table (its position, in the
+order the categories were given — the order in which the reference sums class scores).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+
+# Cityscapes panoptic evaluation classes (cityscapesScripts helpers/labels.py: label ids with
+# ignoreInEval False); things are the classes with instances.
+_CITYSCAPES = [
+    (7, "road", 0, "flat"), (8, "sidewalk", 0, "flat"), (11, "building", 0, "construction"),
+    (12, "wall", 0, "construction"), (13, "fence", 0, "construction"), (17, "pole", 0, "object"),
+    (19, "traffic light", 0, "object"), (20, "traffic sign", 0, "object"),
+    (21, "vegetation", 0, "nature"), (22, "terrain", 0, "nature"), (23, "sky", 0, "sky"),
+    (24, "person", 1, "human"), (25, "rider", 1, "human"), (26, "car", 1, "vehicle"),
+    (27, "truck", 1, "vehicle"), (28, "bus", 1, "vehicle"), (31, "train", 1, "vehicle"),
+    (32, "motorcycle", 1, "vehicle"), (33, "bicycle", 1, "vehicle"),
+]
+
+
+@dataclass(frozen=True)
+class Categories:
+    """An ordered table of categories.
+
+    Parameters
+    ----------
+    ids : sequence of int
+        Category ids, in the order class scores are summed (the GT JSON order for COCO files).
+    isthing : sequence of bool
+        True for thing classes (countable instances), False for stuff.
+    names : sequence of str, optional
+        Display names; default ``str(id)``.
+    supercategories : sequence of str, optional
+    """
+
+    ids: tuple
+    isthing: tuple
+    names: tuple
+    supercategories: tuple
+
+    def __init__(self, ids: Sequence[int], isthing: Sequence[bool], names: Sequence[str] | None = None,
+                 supercategories: Sequence[str] | None = None):
+        ids = tuple(int(i) for i in ids)
+        if len(ids) == 0:
+            raise InputError("the category table is empty: pass at least one category")
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise InputError(f"duplicate category ids in the category table: {dup}")
+        if any(i < 0 for i in ids):
+            raise InputError(f"negative category id in the category table: {min(ids)}")
+        isthing = tuple(bool(t) for t in isthing)
+        if len(isthing) != len(ids):
+            raise InputError("ids and isthing must have the same length")
+        names = tuple(str(n) for n in names) if names is not None else tuple(str(i) for i in ids)
+        supercategories = (tuple(str(s) for s in supercategories) if supercategories is not None
+                           else tuple("" for _ in ids))
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "isthing", isthing)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "supercategories", supercategories)
+
+    # -- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_coco(cls, categories: Iterable[Mapping]) -> "Categories":
+        """From a COCO ``categories`` list (dicts with ``id``, ``isthing``, optional ``name``).
+
+        As in the reference, ``isthing == 1`` (or True) is a thing and every other value is stuff;
+        a repeated id keeps its first position and its last definition.
+        """
+        table: dict[int, Mapping] = {}
+        for c in categories:
+            if "id" not in c:
+                raise InputError(f"category without an 'id': {dict(c)!r}")
+            table[int(c["id"])] = c
+        return cls(
+            ids=list(table),
+            isthing=[c.get("isthing", 0) == 1 for c in table.values()],
+            names=[c.get("name", str(i)) for i, c in table.items()],
+            supercategories=[c.get("supercategory", "") for c in table.values()],
+        )
+
+    @classmethod
+    def from_lists(cls, things: Iterable[int] = (), stuff: Iterable[int] = (),
+                   names: Mapping[int, str] | None = None) -> "Categories":
+        """From thing and stuff id lists (ids sorted ascending in the table)."""
+        things, stuff = [int(t) for t in things], [int(s) for s in stuff]
+        both = set(things) & set(stuff)
+        if both:
+            raise InputError(f"categories {sorted(both)} are listed both as things and as stuff")
+        ids = sorted(set(things) | set(stuff))
+        names = names or {}
+        return cls(ids, [i in set(things) for i in ids], [names.get(i, str(i)) for i in ids])
+
+    @classmethod
+    def coco_panoptic(cls) -> "Categories":
+        """The 133 COCO panoptic categories (80 things, 53 stuff)."""
+        return cls.from_coco(_load_json("coco_panoptic_categories.json"))
+
+    @classmethod
+    def cityscapes(cls) -> "Categories":
+        """The 19 Cityscapes panoptic categories (label ids, 11 stuff, 8 things)."""
+        return cls([c[0] for c in _CITYSCAPES], [c[2] for c in _CITYSCAPES],
+                   [c[1] for c in _CITYSCAPES], [c[3] for c in _CITYSCAPES])
+
+    @classmethod
+    def coerce(cls, categories) -> "Categories":
+        """Accept a Categories, a COCO categories list, or a ``{'things': [...], 'stuff': [...]}``."""
+        if isinstance(categories, Categories):
+            return categories
+        if isinstance(categories, str):
+            presets = {"coco": cls.coco_panoptic, "coco_panoptic": cls.coco_panoptic,
+                       "cityscapes": cls.cityscapes}
+            if categories not in presets:
+                raise InputError(f"unknown category preset {categories!r}; known: {sorted(presets)}")
+            return presets[categories]()
+        if isinstance(categories, Mapping) and ("things" in categories or "stuff" in categories):
+            return cls.from_lists(categories.get("things", ()), categories.get("stuff", ()))
+        if categories is None:
+            raise InputError("categories is required: a fastpq.Categories, a COCO categories list, "
+                             "or a preset name such as 'coco' or 'cityscapes'")
+        return cls.from_coco(categories)
+
+    # -- lookups --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, category_id) -> int:
+        """Dense index of a category id, or -1 when it is not in the table."""
+        return self._index_map().get(category_id, -1)
+
+    def _index_map(self) -> dict:
+        cache = self.__dict__.get("_cache")
+        if cache is None:
+            cache = {cid: k for k, cid in enumerate(self.ids)}
+            object.__setattr__(self, "_cache", cache)
+        return cache
+
+    def index_array(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted category ids, their dense indices), for vectorised lookups."""
+        ids = np.asarray(self.ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        return ids[order], order.astype(np.int64)
+
+    @property
+    def thing_mask(self) -> np.ndarray:
+        return np.asarray(self.isthing, dtype=bool)
+
+    def to_coco(self) -> list[dict]:
+        return [{"id": i, "name": n, "isthing": int(t), "supercategory": s}
+                for i, n, t, s in zip(self.ids, self.names, self.isthing, self.supercategories)]
+
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in ("ids", "isthing", "names", "supercategories")}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
+    def __eq__(self, other):
+        return isinstance(other, Categories) and self.__getstate__() == other.__getstate__()
+
+    def __hash__(self):
+        return hash((self.ids, self.isthing))
+
+
+def _load_json(name: str):
+    with resources.files("fastpq.data").joinpath(name).open("r", encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,258 @@
+"""Input adapters: array label maps in one of three conventions -> pair table + segment tables.
+
+Conventions (chosen by what is passed):
+
+* **coco** — (H, W) integer id maps or (H, W, 3) uint8 RGB maps (id = R + 256 G + 256² B),
+  with ``segments_info`` lists (dicts with id, category_id, iscrowd) for each side. Id 0 is void.
+* **pairs** — (H, W, 2) [category, instance] maps (torchmetrics' layout).
+* **divisor** — one integer map, id = category × label_divisor + instance (Cityscapes/DeepLab).
+
+In the last two, segment tables come from the ids: pixels of category ``void_label`` are void
+(whatever their instance), and a thing pixel with instance 0 is a crowd region of its category
+when ``thing_instance_zero == 'crowd'`` (the Cityscapes convention, the default), an ordinary
+instance when it is ``'instance'``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .categories import Categories
+from .errors import InputError, SegmentError, where
+from .kernels import pairs as pair_kernels
+from .segments import COCO_ID_LIMIT, SegmentTable, coco_table, derived_tables
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How label maps encode segments (see the module docstring)."""
+
+    name: str  # 'coco', 'pairs' or 'divisor'
+    label_divisor: int | None = None
+    void_label: int = 0
+    thing_instance_zero: str = "crowd"
+
+    def __post_init__(self):
+        if self.thing_instance_zero not in ("crowd", "instance"):
+            raise InputError("thing_instance_zero must be 'crowd' or 'instance', "
+                             f"not {self.thing_instance_zero!r}")
+        if self.name == "divisor" and (self.label_divisor is None or self.label_divisor < 1):
+            raise InputError(f"label_divisor must be a positive integer, not {self.label_divisor!r}")
+
+
+@dataclass
+class PreparedImage:
+    """One image ready for the matcher."""
+
+    pairs: tuple  # (gt_ids, pred_ids, counts), sorted by (gt, pred)
+    gt: SegmentTable
+    pred: SegmentTable
+    #: maps the ids used in ``pairs``/tables back to the user's ids (None: identical)
+    original_ids: Any = None
+
+
+def as_array(x, *, what: str, loc: str) -> np.ndarray:
+    """A host NumPy view of a label map (torch CPU tensors and array-likes without copies)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False):
+        raise InputError(f"{loc}: the {what} map is on a GPU; device arrays are taken by the GPU "
+                         "path (fastpq's torch/CuPy support), not by the NumPy path")
+    if hasattr(x, "numpy") and hasattr(x, "detach"):  # torch.Tensor on the CPU
+        return x.detach().numpy()
+    try:
+        return np.asarray(x)
+    except Exception as e:  # pragma: no cover - exotic inputs
+        raise InputError(f"{loc}: the {what} map cannot be read as an array: {e}") from None
+
+
+def _check_integer(a: np.ndarray, what: str, loc: str) -> None:
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+        raise InputError(f"{loc}: the {what} map has dtype {a.dtype}; label maps must hold integer "
+                         "ids (cast float maps explicitly if their values are whole numbers)")
+
+
+def _check_ids(ids: np.ndarray, what: str, loc: str, limit: int | None) -> None:
+    if ids.size == 0:
+        return
+    if ids[0] < 0:  # ids are sorted
+        bad = int(ids[0])
+        raise InputError(f"{loc}: the {what} map holds the negative id {bad}; ids must be >= 0")
+    if limit is not None and ids.max() >= limit:
+        raise InputError(f"{loc}: the {what} map holds id {int(ids.max())}, beyond the COCO panoptic "
+                         f"encoding (ids < 2**24 = {limit}); use label_divisor= for larger ids")
+
+
+def _coco_pairs(gt: np.ndarray, pred: np.ndarray, loc: str):
+    rgb = [a.ndim == 3 for a in (gt, pred)]
+    for a, what, is_rgb in ((gt, "ground-truth", rgb[0]), (pred, "predicted", rgb[1])):
+        if is_rgb and (a.shape[2] not in (3, 4) or a.dtype != np.uint8):
+            raise InputError(f"{loc}: the {what} map has shape {a.shape} and dtype {a.dtype}; COCO "
+                             "maps are (H, W) integer ids or (H, W, 3) uint8 RGB")
+        if not is_rgb and a.ndim != 2:
+            raise InputError(f"{loc}: the {what} map has shape {a.shape}; COCO maps are (H, W) "
+                             "integer ids or (H, W, 3) uint8 RGB")
+        _check_integer(a, what, loc)
+    if gt.shape[:2] != pred.shape[:2]:
+        raise InputError(f"{loc}: the ground truth is {gt.shape[0]}x{gt.shape[1]} but the "
+                         f"prediction is {pred.shape[0]}x{pred.shape[1]}")
+    if all(rgb):
+        return pair_kernels.pair_counts_rgb(gt[..., :3], pred[..., :3])
+    gt = rgb2id(gt) if rgb[0] else gt
+    pred = rgb2id(pred) if rgb[1] else pred
+    return pair_kernels.pair_counts(gt, pred)
+
+
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic RGB -> ids (R + 256 G + 256² B) as uint32; extra channels are dropped."""
+    rgb = np.asarray(rgb)
+    return (rgb[..., 0].astype(np.uint32) | (rgb[..., 1].astype(np.uint32) << 8)
+            | (rgb[..., 2].astype(np.uint32) << 16))
+
+
+def _listed_vs_present(table: SegmentTable, present: np.ndarray, what: str, loc: str) -> None:
+    """Every non-void id of the map is listed and every listed id covers pixels."""
+    present = present[present != 0]
+    unlisted = present[~np.isin(present, table.ids)]
+    if unlisted.size:
+        raise SegmentError(f"{loc}: {what} segment id {int(unlisted[0])} is in the map but not in "
+                           "segments_info")
+    absent = table.ids[~np.isin(table.ids, present)]
+    if absent.size:
+        raise SegmentError(f"{loc}: {what} segment id {int(absent[0])} is in segments_info but "
+                           "covers no pixel of the map")
+
+
+def prepare_coco(gt, pred, gt_segments, pred_segments, categories: Categories, *,
+                 image_index=None, image_id=None) -> PreparedImage:
+    loc = where(image_index, image_id)
+    gt = as_array(gt, what="ground-truth", loc=loc)
+    pred = as_array(pred, what="predicted", loc=loc)
+    pairs = _coco_pairs(gt, pred, loc)
+    gt_present = np.unique(pairs[0])
+    pred_present = np.unique(pairs[1])
+    _check_ids(gt_present, "ground-truth", loc, COCO_ID_LIMIT)
+    _check_ids(pred_present, "predicted", loc, COCO_ID_LIMIT)
+    gt_table = coco_table(gt_segments, categories, side="gt", image_index=image_index,
+                          image_id=image_id)
+    pred_table = coco_table(pred_segments, categories, side="pred", image_index=image_index,
+                            image_id=image_id)
+    _listed_vs_present(gt_table, gt_present, "ground-truth", loc)
+    _listed_vs_present(pred_table, pred_present, "predicted", loc)
+    return PreparedImage(pairs, gt_table, pred_table)
+
+
+def _remap_void(pairs, gt_void, pred_void):
+    """Void ids -> 0, other ids -> id + 1, then re-aggregate the pair table (void ids merge)."""
+    g, p, c = pairs
+    g = np.where(gt_void, 0, g + 1)
+    p = np.where(pred_void, 0, p + 1)
+    order = np.lexsort((p, g))
+    g, p, c = g[order], p[order], c[order]
+    if g.size:
+        start = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (p[1:] != p[:-1])])
+        g, p, c = g[start], p[start], np.add.reduceat(c, start)
+    return g, p, c
+
+
+def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
+                    image_index=None, image_id=None) -> PreparedImage:
+    """Pairs and divisor conventions."""
+    loc = where(image_index, image_id)
+    gt = as_array(gt, what="ground-truth", loc=loc)
+    pred = as_array(pred, what="predicted", loc=loc)
+    for a, what in ((gt, "ground-truth"), (pred, "predicted")):
+        _check_integer(a, what, loc)
+        want = 3 if convention.name == "pairs" else 2
+        if a.ndim != want or (want == 3 and a.shape[2] != 2):
+            layout = "(H, W, 2) [category, instance]" if want == 3 else "(H, W) integer"
+            raise InputError(f"{loc}: the {what} map has shape {a.shape}; the {convention.name} "
+                             f"convention takes {layout} maps")
+    if gt.shape != pred.shape:
+        raise InputError(f"{loc}: the ground truth is {gt.shape[0]}x{gt.shape[1]} but the "
+                         f"prediction is {pred.shape[0]}x{pred.shape[1]}")
+    if convention.name == "pairs":
+        for a, what in ((gt, "ground-truth"), (pred, "predicted")):
+            if a.dtype.itemsize > 4 and a.size and (a.max() >= 2**31 or a.min() < 0):
+                raise InputError(f"{loc}: the {what} map holds a category or instance outside "
+                                 "[0, 2**31)")
+        pairs = pair_kernels.pair_counts_catinst(gt, pred)
+
+        def split(ids):
+            return ids >> 32, ids & 0xFFFFFFFF
+    else:
+        pairs = pair_kernels.pair_counts(gt, pred)
+        div = convention.label_divisor
+
+        def split(ids):
+            return ids // div, ids % div
+    gt_present = np.unique(pairs[0])
+    pred_present = np.unique(pairs[1])
+    _check_ids(gt_present, "ground-truth", loc, None)
+    _check_ids(pred_present, "predicted", loc, None)
+    for present in (gt_present, pred_present):
+        if present.size and present[-1] >= 2**62:
+            raise InputError(f"{loc}: id {int(present[-1])} is beyond the supported range (< 2**62)")
+    void = convention.void_label
+    gt_void = split(pairs[0])[0] == void
+    pred_void = split(pairs[1])[0] == void
+    mapped = _remap_void(pairs, gt_void, pred_void)
+    gt_table, pred_table = derived_tables(
+        np.unique(mapped[0]), np.unique(mapped[1]), categories,
+        split=lambda ids: _split_shifted(ids, split, void), void_label=void,
+        thing_instance_zero=convention.thing_instance_zero,
+        image_index=image_index, image_id=image_id)
+    return PreparedImage(mapped, gt_table, pred_table, original_ids=lambda ids: ids - 1)
+
+
+def _split_shifted(ids, split, void):
+    """Category/instance of remapped ids (id + 1); id 0 is void."""
+    cat, inst = split(np.maximum(ids - 1, 0))
+    return np.where(ids == 0, void, cat), inst
+
+
+def pick_convention(gt, gt_segments, label_divisor, void_label, thing_instance_zero) -> Convention:
+    if gt_segments is not None:
+        if label_divisor is not None:
+            raise InputError("pass either gt_segments/pred_segments (COCO convention) or "
+                             "label_divisor (divisor convention), not both")
+        return Convention("coco")
+    if label_divisor is not None:
+        return Convention("divisor", int(label_divisor), void_label, thing_instance_zero)
+    first = gt[0] if isinstance(gt, (list, tuple)) and len(gt) else gt
+    shape = getattr(first, "shape", None)
+    if shape is not None and len(shape) >= 3 and shape[-1] == 2:
+        return Convention("pairs", None, void_label, thing_instance_zero)
+    raise InputError("cannot tell the input convention: pass gt_segments and pred_segments "
+                     "(COCO id/RGB maps), label_divisor= (category * divisor + instance maps), "
+                     "or (H, W, 2) [category, instance] maps")
+
+
+def split_batch(x, convention: Convention, what: str) -> Sequence:
+    """One image or a batch -> a list of images."""
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    ndim = getattr(x, "ndim", None)
+    if ndim is None:
+        raise InputError(f"the {what} input must be an array or a list of arrays, not {type(x).__name__}")
+    if convention.name == "coco":
+        single = ndim == 2 or (ndim == 3 and x.shape[-1] in (3, 4) and x.dtype == np.uint8)
+    elif convention.name == "pairs":
+        single = ndim == 3
+    else:
+        single = ndim == 2
+    return [x] if single else [x[b] for b in range(x.shape[0])]
+
+
+def split_segments(segments, n: int, what: str) -> list:
+    """segments_info for one image (a list of dicts) or a batch (a list of lists)."""
+    if segments is None:
+        return [None] * n
+    if len(segments) and isinstance(segments[0], dict) or (n == 1 and len(segments) == 0):
+        segments = [segments]
+    if len(segments) != n:
+        raise InputError(f"{what} has {len(segments)} entries for {n} images")
+    return list(segments)

@@ -1,0 +1,159 @@
+"""The result type: PQ, SQ, RQ over All / Things / Stuff and per class.
+
+Numbers are computed with the reference's formulas and summation order (SPEC §2.6): per class
+``pq = iou / (tp + fp/2 + fn/2)``, ``sq = iou / tp`` (0 when tp == 0), ``rq = tp / (tp + fp/2 +
+fn/2)``; split averages are sequential sums over the categories in table order divided by ``n``,
+the number of categories of the split with any tp, fp or fn. One deliberate difference: a split
+with n = 0 gives pq = sq = rq = 0.0 where the reference raises ZeroDivisionError.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .categories import Categories
+
+SPLITS = (("All", None), ("Things", True), ("Stuff", False))
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One category's row: scores and the counts they come from."""
+
+    category_id: int
+    name: str
+    isthing: bool
+    pq: float
+    sq: float
+    rq: float
+    tp: int
+    fp: int
+    fn: int
+    iou: float
+
+    def as_dict(self) -> dict:
+        return {"pq": self.pq, "sq": self.sq, "rq": self.rq,
+                "tp": self.tp, "fp": self.fp, "fn": self.fn, "iou": self.iou}
+
+
+@dataclass(frozen=True)
+class SplitScore:
+    pq: float
+    sq: float
+    rq: float
+    n: int
+
+    def as_dict(self) -> dict:
+        return {"pq": self.pq, "sq": self.sq, "rq": self.rq, "n": self.n}
+
+
+class PQResult:
+    """Panoptic Quality of a set of images.
+
+    Attributes
+    ----------
+    all, things, stuff : SplitScore
+        ``.pq``, ``.sq``, ``.rq`` as fractions in [0, 1] (the reference's scale) and ``.n``.
+    per_class : dict[int, ClassScore]
+        Keyed by category id, in category-table order; absent categories score 0.0.
+    per_image : list or None
+        Per-image records when asked for (``per_image=True``).
+    """
+
+    def __init__(self, categories: Categories, tp, fp, fn, iou, *, n_images: int = 0,
+                 per_image=None):
+        self.categories = categories
+        self.tp = np.asarray(tp, np.int64)
+        self.fp = np.asarray(fp, np.int64)
+        self.fn = np.asarray(fn, np.int64)
+        self.iou = np.asarray(iou, np.float64)
+        self.n_images = n_images
+        self.per_image = per_image
+        self.per_class: dict[int, ClassScore] = {}
+        for k, cid in enumerate(categories.ids):
+            tp_k, fp_k, fn_k = int(self.tp[k]), int(self.fp[k]), int(self.fn[k])
+            iou_k = float(self.iou[k])
+            if tp_k + fp_k + fn_k == 0:
+                pq = sq = rq = 0.0
+            else:
+                den = tp_k + 0.5 * fp_k + 0.5 * fn_k
+                pq = iou_k / den
+                sq = iou_k / tp_k if tp_k != 0 else 0.0
+                rq = tp_k / den
+            self.per_class[cid] = ClassScore(cid, categories.names[k], categories.isthing[k],
+                                             pq, sq, rq, tp_k, fp_k, fn_k, iou_k)
+        self.all, self.things, self.stuff = (self._split(isthing) for _, isthing in SPLITS)
+
+    def _split(self, isthing) -> SplitScore:
+        pq = sq = rq = 0.0
+        n = 0
+        for row in self.per_class.values():
+            if isthing is not None and row.isthing != isthing:
+                continue
+            if row.tp + row.fp + row.fn == 0:
+                continue
+            n += 1
+            pq += row.pq
+            sq += row.sq
+            rq += row.rq
+        if n == 0:
+            return SplitScore(0.0, 0.0, 0.0, 0)
+        return SplitScore(pq / n, sq / n, rq / n, n)
+
+    # -- convenience -----------------------------------------------------------------------------
+    @property
+    def pq(self) -> float:
+        return self.all.pq
+
+    @property
+    def sq(self) -> float:
+        return self.all.sq
+
+    @property
+    def rq(self) -> float:
+        return self.all.rq
+
+    def split(self, name: str) -> SplitScore:
+        return {"All": self.all, "Things": self.things, "Stuff": self.stuff}[name]
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The reference's return dict (plain Python numbers), per-class rows with counts."""
+        out = {name: self.split(name).as_dict() for name, _ in SPLITS}
+        out["per_class"] = {cid: row.as_dict() for cid, row in self.per_class.items()}
+        return out
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def table(self) -> str:
+        """The reference's printed table (All / Things / Stuff, percent, N)."""
+        lines = ["{:10s}| {:>5s}  {:>5s}  {:>5s} {:>5s}".format("", "PQ", "SQ", "RQ", "N"),
+                 "-" * (10 + 7 * 4)]
+        for name, _ in SPLITS:
+            s = self.split(name)
+            lines.append("{:10s}| {:5.1f}  {:5.1f}  {:5.1f} {:5d}".format(
+                name, 100 * s.pq, 100 * s.sq, 100 * s.rq, s.n))
+        return "\n".join(lines)
+
+    def class_table(self) -> str:
+        """Per-class table: id, name, kind, PQ/SQ/RQ in percent, counts."""
+        width = max([14] + [len(r.name) for r in self.per_class.values()])
+        head = (f"{'id':>5s}  {'name':{width}s}  {'kind':5s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s}"
+                f"  {'TP':>6s} {'FP':>6s} {'FN':>6s}")
+        lines = [head, "-" * len(head)]
+        for r in self.per_class.values():
+            kind = "thing" if r.isthing else "stuff"
+            lines.append(f"{r.category_id:5d}  {r.name:{width}s}  {kind:5s}| {100 * r.pq:5.1f}  "
+                         f"{100 * r.sq:5.1f}  {100 * r.rq:5.1f}  {r.tp:6d} {r.fp:6d} {r.fn:6d}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __repr__(self) -> str:
+        return (f"PQResult(pq={self.all.pq:.4f}, sq={self.all.sq:.4f}, rq={self.all.rq:.4f}, "
+                f"n={self.all.n}, images={self.n_images})")

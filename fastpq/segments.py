@@ -1,0 +1,135 @@
+"""Segment tables: per image, the segments of one side (GT or prediction) as parallel arrays.
+
+A table keeps the order in which segments were listed (``segments_info`` order), because the
+reference walks GT segments in that order when it remembers crowd regions (SPEC §2.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .categories import Categories
+from .errors import SegmentError, where
+
+#: COCO panoptic ids are 24-bit (id = R + 256 G + 256² B).
+COCO_ID_LIMIT = 1 << 24
+
+
+@dataclass
+class SegmentTable:
+    """Segments of one side of one image.
+
+    Attributes
+    ----------
+    ids : int64 (S,)
+        Segment ids as they appear in the label map, in listing order.
+    category : int64 (S,)
+        Dense category index (position in :class:`Categories`); -1 for a category outside the
+        table (only the file path lets that through, as the reference does).
+    iscrowd : bool (S,)
+        Crowd flag (``iscrowd == 1`` as the reference tests it); always False for predictions.
+    area : float64 (S,) or None
+        Areas to use in IoU unions. None: take them from the pixels (the pair table marginals).
+    """
+
+    ids: np.ndarray
+    category: np.ndarray
+    iscrowd: np.ndarray
+    area: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+
+def coco_table(segments_info: Sequence[Mapping], categories: Categories, *, side: str,
+               image_index=None, image_id=None, file=None, unknown_category: str = "error",
+               need_area: bool = False) -> SegmentTable:
+    """Build a table from a COCO ``segments_info`` list.
+
+    Parameters
+    ----------
+    side : {'gt', 'pred'}
+    unknown_category : {'error', 'drop'}
+        'drop' keeps the segment with category index -1 (the reference accumulates it but never
+        reports it); 'error' refuses it.
+    need_area : bool
+        Take ``area`` from each GT segment (the reference trusts the JSON area).
+
+    Raises
+    ------
+    SegmentError
+        Duplicate ids, non-integer or negative ids, GT id 0, a missing ``iscrowd`` (GT) or
+        ``category_id``, an unknown category (when ``unknown_category='error'``).
+    """
+    loc = where(image_index, image_id, file)
+    name = "ground-truth" if side == "gt" else "predicted"
+    n = len(segments_info)
+    ids = np.empty(n, np.int64)
+    cats = np.empty(n, np.int64)
+    crowd = np.zeros(n, bool)
+    area = np.empty(n, np.float64) if need_area else None
+    index = categories._index_map()
+    seen: set = set()
+    for k, seg in enumerate(segments_info):
+        try:
+            sid = seg["id"]
+            cid = seg["category_id"]
+        except (KeyError, TypeError) as e:
+            raise SegmentError(f"{loc}: {name} segments_info entry {k} has no {e} key: {seg!r}") from None
+        if isinstance(sid, bool) or not isinstance(sid, (int, np.integer)) or sid < 0:
+            raise SegmentError(f"{loc}: {name} segment id {sid!r} is not a non-negative integer")
+        if sid in seen:
+            raise SegmentError(f"{loc}: {name} segment id {sid} is listed twice in segments_info")
+        seen.add(sid)
+        if side == "gt" and sid == 0:
+            raise SegmentError(f"{loc}: ground-truth segment id 0 is listed in segments_info, but 0 "
+                               "is VOID in the COCO panoptic format")
+        ids[k] = sid
+        c = index.get(cid, -1)
+        if c < 0 and unknown_category == "error":
+            raise SegmentError(f"{loc}: {name} segment {sid} has unknown category_id {cid!r} "
+                               f"(not in the category table)")
+        cats[k] = c
+        if side == "gt":
+            if "iscrowd" not in seg:
+                raise SegmentError(f"{loc}: ground-truth segment {sid} has no 'iscrowd' key")
+            crowd[k] = seg["iscrowd"] == 1
+            if need_area:
+                if "area" not in seg:
+                    raise SegmentError(f"{loc}: ground-truth segment {sid} has no 'area' key")
+                area[k] = seg["area"]
+    return SegmentTable(ids, cats, crowd, area)
+
+
+def derived_tables(gt_ids: np.ndarray, pred_ids: np.ndarray, categories: Categories, *,
+                   split, void_label: int, thing_instance_zero: str, image_index=None, image_id=None):
+    """Segment tables for maps whose ids encode (category, instance).
+
+    ``split(ids) -> (category, instance)`` decodes the distinct ids of each side. Void ids
+    (category == void_label) get no row: the caller maps them to id 0 first.
+    """
+    loc = where(image_index, image_id)
+    tables = []
+    for side, ids in (("gt", gt_ids), ("pred", pred_ids)):
+        cat, inst = split(ids)
+        keep = cat != void_label
+        ids, cat, inst = ids[keep], cat[keep], inst[keep]
+        sorted_ids, order = categories.index_array()
+        pos = np.searchsorted(sorted_ids, cat)
+        pos = np.minimum(pos, sorted_ids.size - 1)
+        known = sorted_ids[pos] == cat
+        if not known.all():
+            bad = int(np.flatnonzero(~known)[0])
+            name = "ground truth" if side == "gt" else "prediction"
+            raise SegmentError(f"{loc}: the {name} has pixels of category {int(cat[bad])} (segment "
+                               f"id {int(ids[bad])}), which is neither in the category table nor "
+                               f"the void label {void_label}")
+        dense = order[pos]
+        crowd = np.zeros(ids.size, bool)
+        if side == "gt" and thing_instance_zero == "crowd":
+            crowd = (inst == 0) & categories.thing_mask[dense]
+        tables.append(SegmentTable(ids.astype(np.int64), dense.astype(np.int64), crowd))
+    return tables

@@ -1,0 +1,1 @@
+"""Compiled kernels of fastpq (Numba CPU kernels, CUDA sources). Pure: arrays in, arrays out."""

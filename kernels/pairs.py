@@ -1,0 +1,234 @@
+"""One-pass (gt id, pred id) pair histogram of two label maps, on the CPU with Numba.
+
+The reference builds ``gt * 2**24 + pred`` for every pixel and sorts it with ``np.unique``. Here
+each map is read once: a run of equal (gt, pred) pixels costs one comparison per pixel, and only
+a change of pair touches a small open-addressing hash table. Panoptic maps have long runs and few
+distinct pairs, so the table stays in cache and the loop is bound by reading the maps.
+
+All functions are pure: arrays in, arrays out. Ids are int64 on output; the maps may be any
+integer dtype (uint8 RGB for the ``*_rgb`` variant, (category, instance) pairs for ``*_catinst``).
+The pair table is sorted by (gt, pred), the order in which the reference visits pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+#: Initial hash-table size (slots). Doubled and retried when more distinct pairs appear.
+INITIAL_CAPACITY = 1 << 10
+
+_MUL_G = np.uint64(0x9E3779B97F4A7C15)
+_MUL_P = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _slot(g, p, mask):
+    h = np.uint64(g) * _MUL_G ^ np.uint64(p) * _MUL_P
+    return np.int64((h >> np.uint64(29)) & np.uint64(mask))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _insert(keys_g, keys_p, counts, used, g, p, n, mask):
+    """Add n to the count of (g, p); returns 1 when a new slot was taken, else 0."""
+    s = _slot(g, p, mask)
+    while True:
+        if not used[s]:
+            used[s] = True
+            keys_g[s] = g
+            keys_p[s] = p
+            counts[s] = n
+            return 1
+        if keys_g[s] == g and keys_p[s] == p:
+            counts[s] += n
+            return 0
+        s = (s + 1) & mask
+
+
+@njit(nogil=True, cache=True)
+def _compact(keys_g, keys_p, counts, used):
+    n = 0
+    for s in range(used.size):
+        if used[s]:
+            n += 1
+    g = np.empty(n, np.int64)
+    p = np.empty(n, np.int64)
+    c = np.empty(n, np.int64)
+    k = 0
+    for s in range(used.size):
+        if used[s]:
+            g[k] = keys_g[s]
+            p[k] = keys_p[s]
+            c[k] = counts[s]
+            k += 1
+    # sort by (g, p): stable sort on the minor key, then on the major key
+    order = np.argsort(p, kind="mergesort")
+    g, p, c = g[order], p[order], c[order]
+    order = np.argsort(g, kind="mergesort")
+    return g[order], p[order], c[order]
+
+
+@njit(nogil=True, cache=True)
+def _hist_ids(gt, pred, capacity):
+    """Pair histogram of two 2-D integer id maps. Returns (ok, g, p, c)."""
+    keys_g = np.empty(capacity, np.int64)
+    keys_p = np.empty(capacity, np.int64)
+    counts = np.empty(capacity, np.int64)
+    used = np.zeros(capacity, np.bool_)
+    mask = capacity - 1
+    limit = capacity // 2
+    n_used = 0
+    h, w = gt.shape
+    if h * w == 0:
+        return True, keys_g[:0], keys_p[:0], counts[:0]
+    # Per row, a branch-free (vectorised) pass marks where the pair changes; the marks are then
+    # scanned eight at a time, so flat stretches cost no per-pixel branch.
+    n_words = (w + 7) // 8
+    change = np.zeros(n_words * 8, np.uint8)
+    words = change.view(np.uint64)
+    run_g = gt[0, 0]
+    run_p = pred[0, 0]
+    run = 0
+    for i in range(h):
+        row_g = gt[i]
+        row_p = pred[i]
+        change[0] = (row_g[0] != run_g) | (row_p[0] != run_p)
+        for j in range(1, w):
+            change[j] = (row_g[j] != row_g[j - 1]) | (row_p[j] != row_p[j - 1])
+        pos = 0
+        for k in range(n_words):
+            marks = words[k]
+            while marks != 0:
+                # byte index of the lowest set mark (the maps' byte order is little-endian)
+                j = k * 8 + (trailing_zeros(marks) >> 3)
+                marks &= marks - np.uint64(1)
+                run += j - pos
+                if run > 0:
+                    n_used += _insert(keys_g, keys_p, counts, used, np.int64(run_g),
+                                      np.int64(run_p), run, mask)
+                    if n_used > limit:
+                        return False, keys_g[:0], keys_p[:0], counts[:0]
+                run_g = row_g[j]
+                run_p = row_p[j]
+                run = 0
+                pos = j
+        run += w - pos
+    n_used += _insert(keys_g, keys_p, counts, used, np.int64(run_g), np.int64(run_p), run, mask)
+    if n_used > limit:
+        return False, keys_g[:0], keys_p[:0], counts[:0]
+    g, p, c = _compact(keys_g, keys_p, counts, used)
+    return True, g, p, c
+
+
+@njit(nogil=True, cache=True)
+def _hist_rgb(gt, pred, capacity):
+    """Pair histogram of two (H, W, 3) uint8 RGB maps, ids = R + 256 G + 65536 B."""
+    keys_g = np.empty(capacity, np.int64)
+    keys_p = np.empty(capacity, np.int64)
+    counts = np.empty(capacity, np.int64)
+    used = np.zeros(capacity, np.bool_)
+    mask = capacity - 1
+    limit = capacity // 2
+    n_used = 0
+    h, w = gt.shape[0], gt.shape[1]
+    if h * w == 0:
+        return True, keys_g[:0], keys_p[:0], counts[:0]
+    run_g = np.int64(-1)
+    run_p = np.int64(-1)
+    run = 0
+    for i in range(h):
+        for j in range(w):
+            g = np.int64(gt[i, j, 0]) | (np.int64(gt[i, j, 1]) << 8) | (np.int64(gt[i, j, 2]) << 16)
+            p = (np.int64(pred[i, j, 0]) | (np.int64(pred[i, j, 1]) << 8)
+                 | (np.int64(pred[i, j, 2]) << 16))
+            if g == run_g and p == run_p:
+                run += 1
+            else:
+                if run > 0:
+                    n_used += _insert(keys_g, keys_p, counts, used, run_g, run_p, run, mask)
+                    if n_used > limit:
+                        return False, keys_g[:0], keys_p[:0], counts[:0]
+                run_g, run_p, run = g, p, 1
+    n_used += _insert(keys_g, keys_p, counts, used, run_g, run_p, run, mask)
+    if n_used > limit:
+        return False, keys_g[:0], keys_p[:0], counts[:0]
+    g, p, c = _compact(keys_g, keys_p, counts, used)
+    return True, g, p, c
+
+
+@njit(nogil=True, cache=True)
+def _hist_catinst(gt, pred, capacity):
+    """Pair histogram of two (H, W, 2) [category, instance] maps; id = category << 32 | instance."""
+    keys_g = np.empty(capacity, np.int64)
+    keys_p = np.empty(capacity, np.int64)
+    counts = np.empty(capacity, np.int64)
+    used = np.zeros(capacity, np.bool_)
+    mask = capacity - 1
+    limit = capacity // 2
+    n_used = 0
+    h, w = gt.shape[0], gt.shape[1]
+    if h * w == 0:
+        return True, keys_g[:0], keys_p[:0], counts[:0]
+    run_g = np.int64(gt[0, 0, 0]) << 32 | np.int64(gt[0, 0, 1])
+    run_p = np.int64(pred[0, 0, 0]) << 32 | np.int64(pred[0, 0, 1])
+    run = 0
+    for i in range(h):
+        for j in range(w):
+            g = (np.int64(gt[i, j, 0]) << 32) | np.int64(gt[i, j, 1])
+            p = (np.int64(pred[i, j, 0]) << 32) | np.int64(pred[i, j, 1])
+            if g == run_g and p == run_p:
+                run += 1
+            else:
+                n_used += _insert(keys_g, keys_p, counts, used, run_g, run_p, run, mask)
+                if n_used > limit:
+                    return False, keys_g[:0], keys_p[:0], counts[:0]
+                run_g, run_p, run = g, p, 1
+    n_used += _insert(keys_g, keys_p, counts, used, run_g, run_p, run, mask)
+    if n_used > limit:
+        return False, keys_g[:0], keys_p[:0], counts[:0]
+    g, p, c = _compact(keys_g, keys_p, counts, used)
+    return True, g, p, c
+
+
+def _run(kernel, gt, pred, capacity):
+    while True:
+        ok, g, p, c = kernel(gt, pred, capacity)
+        if ok:
+            return g, p, c
+        capacity *= 4
+
+
+def pair_counts(gt: np.ndarray, pred: np.ndarray, capacity: int = INITIAL_CAPACITY):
+    """Every distinct (gt id, pred id) pair of two equal-shape 2-D integer maps, with its count.
+
+    Parameters
+    ----------
+    gt, pred : ndarray, shape (H, W), any integer dtype
+        Label maps (strided views are read in place, never copied).
+    capacity : int
+        Initial hash-table size; it grows (outside the hot loop) when more pairs appear.
+
+    Returns
+    -------
+    gt_ids, pred_ids, counts : ndarray of int64, shape (K,)
+        Sorted by (gt_id, pred_id); counts sum to H * W.
+    """
+    return _run(_hist_ids, gt, pred, capacity)
+
+
+def pair_counts_rgb(gt: np.ndarray, pred: np.ndarray, capacity: int = INITIAL_CAPACITY):
+    """As :func:`pair_counts` for (H, W, 3) uint8 COCO RGB maps (id = R + 256 G + 256² B)."""
+    return _run(_hist_rgb, gt, pred, capacity)
+
+
+def pair_counts_catinst(gt: np.ndarray, pred: np.ndarray, capacity: int = INITIAL_CAPACITY):
+    """As :func:`pair_counts` for (H, W, 2) [category, instance] maps; ids are
+    ``category << 32 | instance`` (both must be in [0, 2**31))."""
+    return _run(_hist_catinst, gt, pred, capacity)
+
+
+def marginals(ids: np.ndarray, counts: np.ndarray):
+    """Areas per distinct id from one side of a pair table: (unique ids ascending, areas)."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=counts, minlength=uniq.size).astype(np.int64)
