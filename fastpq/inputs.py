@@ -203,7 +203,7 @@ def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
     gt_table, pred_table = derived_tables(
         np.unique(mapped[0]), np.unique(mapped[1]), categories,
         split=lambda ids: _split_shifted(ids, split, void), void_label=void,
-        thing_instance_zero=convention.thing_instance_zero,
+        thing_instance_zero=convention.thing_instance_zero, to_user_id=lambda i: i - 1,
         image_index=image_index, image_id=image_id)
     return PreparedImage(mapped, gt_table, pred_table, original_ids=lambda ids: ids - 1)
 

@@ -105,11 +105,13 @@ def coco_table(segments_info: Sequence[Mapping], categories: Categories, *, side
 
 
 def derived_tables(gt_ids: np.ndarray, pred_ids: np.ndarray, categories: Categories, *,
-                   split, void_label: int, thing_instance_zero: str, image_index=None, image_id=None):
+                   split, void_label: int, thing_instance_zero: str, to_user_id=lambda i: i,
+                   image_index=None, image_id=None):
     """Segment tables for maps whose ids encode (category, instance).
 
     ``split(ids) -> (category, instance)`` decodes the distinct ids of each side. Void ids
     (category == void_label) get no row: the caller maps them to id 0 first.
+    ``to_user_id`` turns an id back into the user's id for error messages.
     """
     loc = where(image_index, image_id)
     tables = []
@@ -125,7 +127,7 @@ def derived_tables(gt_ids: np.ndarray, pred_ids: np.ndarray, categories: Categor
             bad = int(np.flatnonzero(~known)[0])
             name = "ground truth" if side == "gt" else "prediction"
             raise SegmentError(f"{loc}: the {name} has pixels of category {int(cat[bad])} (segment "
-                               f"id {int(ids[bad])}), which is neither in the category table nor "
+                               f"id {int(to_user_id(ids[bad]))}), which is neither in the category table nor "
                                f"the void label {void_label}")
         dense = order[pos]
         crowd = np.zeros(ids.size, bool)
