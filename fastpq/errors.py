@@ -20,6 +20,11 @@ class DecodeError(InputError):
     """A label-map file that cannot be read or decoded."""
 
 
+class SuspectDataWarning(UserWarning):
+    """Data the reference accepts silently but that is probably wrong (stale GT areas, GT ids
+    missing from the JSON). fastpq reproduces the reference's numbers and names image and segment."""
+
+
 def where(image_index=None, image_id=None, file=None) -> str:
     """'image 3 (id 42, file x.png)' — the location prefix of error messages."""
     parts = []

@@ -1,0 +1,268 @@
+"""COCO panoptic files: the drop-in ``pq_compute`` (JSON + PNG folders, as panopticapi reads them).
+
+What the reference does with files is reproduced (SPEC §2.1–2.7): GT areas come from the GT JSON,
+GT ids absent from the JSON are neither segments nor void, the pred sanity checks raise the
+reference's exceptions with its message texts (the file path appended), images pair by
+``image_id``. What the reference accepts silently but is suspect gives the reference's numbers and
+a :class:`~fastpq.errors.SuspectDataWarning` naming image and segment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+from .accumulator import PQAccumulator
+from .categories import Categories
+from .errors import DecodeError, InputError, SuspectDataWarning
+from .kernels import pairs as pair_kernels
+from .matching import ImageMatch, match_image
+from .segments import coco_table
+
+
+def load_json(path, role: str) -> dict:
+    """Read a COCO panoptic JSON file; truncated or invalid JSON names the file."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DecodeError(f"{path}: the {role} JSON is not valid JSON ({e.msg} at line {e.lineno}, "
+                          f"column {e.colno}); is the file truncated?") from None
+    if not isinstance(data, dict) or "annotations" not in data:
+        raise InputError(f"{path}: the {role} JSON has no 'annotations' list")
+    if role == "ground-truth" and "categories" not in data:
+        raise InputError(f"{path}: the ground-truth JSON has no 'categories' list")
+    return data
+
+
+def pair_annotations(gt_json: dict, pred_json: dict, gt_file, pred_file) -> list[tuple]:
+    """(gt_ann, pred_ann) in GT order, paired by image_id (duplicate pred ids: last wins)."""
+    for ann, file in [(a, gt_file) for a in gt_json["annotations"]] + \
+                     [(a, pred_file) for a in pred_json["annotations"]]:
+        if "segments_info" not in ann or "file_name" not in ann or "image_id" not in ann:
+            missing = [k for k in ("image_id", "file_name", "segments_info") if k not in ann]
+            raise InputError(f"{file}: annotation for image id {ann.get('image_id')!r} has no "
+                             f"{', '.join(repr(m) for m in missing)}")
+    pred_by_id = {a["image_id"]: a for a in pred_json["annotations"]}
+    matched = []
+    for gt_ann in gt_json["annotations"]:
+        image_id = gt_ann["image_id"]
+        if image_id not in pred_by_id:
+            raise Exception("no prediction for the image with id: {} [{}]".format(image_id, pred_file))
+        matched.append((gt_ann, pred_by_id[image_id]))
+    return matched
+
+
+def _read(path, image_id, role):
+    from .png import read_ids
+
+    try:
+        return read_ids(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image id {image_id!r}: the {role} PNG {path} does not exist") from None
+    except DecodeError as e:
+        raise DecodeError(f"image id {image_id!r}: {e}") from None
+
+
+def evaluate_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categories: Categories,
+                  image_index=None) -> tuple[ImageMatch, list[str]]:
+    """One image of a COCO panoptic dataset, as the reference scores it.
+
+    Returns the match and the warnings (strings) about suspect ground truth.
+    """
+    image_id = gt_ann["image_id"]
+    gt_path = os.path.join(gt_folder, gt_ann["file_name"])
+    pred_path = os.path.join(pred_folder, pred_ann["file_name"])
+    gt = _read(gt_path, image_id, "ground-truth")
+    pred = _read(pred_path, image_id, "predicted")
+    if gt.shape != pred.shape:
+        raise InputError(f"image id {image_id!r}: the ground truth {gt_path} is "
+                         f"{gt.shape[0]}x{gt.shape[1]} but the prediction {pred_path} is "
+                         f"{pred.shape[0]}x{pred.shape[1]}")
+    pairs = pair_kernels.pair_counts(gt, pred)
+    del gt, pred
+    pred_table = coco_table(pred_ann["segments_info"], categories, side="pred",
+                            unknown_category="drop", image_index=image_index, image_id=image_id,
+                            file=pred_path)
+    gt_table = coco_table(gt_ann["segments_info"], categories, side="gt", unknown_category="drop",
+                          need_area=True, image_index=image_index, image_id=image_id, file=gt_path)
+    pred_ids, pred_area = pair_kernels.marginals(pairs[1], pairs[2])
+    _check_prediction(pred_table, pred_ids, pred_ann, image_id, pred_path)
+    gt_ids, gt_area = pair_kernels.marginals(pairs[0], pairs[2])
+    notes = _suspect_ground_truth(gt_table, gt_ids, gt_area, image_id, gt_path)
+    return match_image(pairs, gt_table, pred_table, len(categories)), notes
+
+
+def _check_prediction(table, present, pred_ann, image_id, pred_path) -> None:
+    """The reference's prediction sanity pass, in its order (ascending ids in the PNG)."""
+    listed = {int(i): k for k, i in enumerate(table.ids)}
+    for label in present.tolist():
+        k = listed.get(label)
+        if k is None:
+            if label == 0:
+                continue
+            raise KeyError("In the image with ID {} segment with ID {} is presented in PNG and not "
+                           "presented in JSON. [{}]".format(image_id, label, pred_path))
+        if table.category[k] < 0:
+            raise KeyError("In the image with ID {} segment with ID {} has unknown category_id {}. "
+                           "[{}]".format(image_id, label,
+                                         pred_ann["segments_info"][k]["category_id"], pred_path))
+    leftover = set(listed) - set(present.tolist())
+    if leftover:
+        raise KeyError("In the image with ID {} the following segment IDs {} are presented in JSON "
+                       "and not presented in PNG. [{}]".format(image_id, list(leftover), pred_path))
+
+
+def _suspect_ground_truth(table, present, area, image_id, gt_path) -> list[str]:
+    notes = []
+    pixels = dict(zip(present.tolist(), area.tolist()))
+    for sid, json_area in zip(table.ids.tolist(), table.area.tolist()):
+        px = pixels.get(sid, 0)
+        if px != json_area:
+            notes.append(f"image id {image_id!r} ({gt_path}): ground-truth segment {sid} has area "
+                         f"{json_area:g} in the JSON but {px} pixels in the PNG; the JSON area is "
+                         "used, as the reference does")
+    unlisted = set(pixels) - set(table.ids.tolist()) - {0}
+    for sid in sorted(unlisted):
+        notes.append(f"image id {image_id!r} ({gt_path}): ground-truth segment {sid} is in the PNG "
+                     "but not in the JSON; as in the reference it is neither a segment nor void")
+    return notes
+
+
+def evaluate_files(matched: Sequence[tuple], gt_folder, pred_folder, categories: Categories, *,
+                   workers: int | None = None, progress: bool | None = None,
+                   on_image=None) -> PQAccumulator:
+    """Score (gt_ann, pred_ann) pairs with threads; images are added in input order.
+
+    ``on_image(index, match)`` is called for each image in order (per-image records).
+    """
+    acc = PQAccumulator(categories)
+    n_workers = max(1, min(os.cpu_count() or 1, len(matched)) if workers is None else int(workers))
+    bar = _progress_bar(len(matched), progress)
+
+    def one(k):
+        gt_ann, pred_ann = matched[k]
+        return evaluate_pair(gt_ann, pred_ann, gt_folder, pred_folder, categories, image_index=k)
+
+    try:
+        if n_workers == 1 or len(matched) <= 1:
+            results: Iterable = map(one, range(len(matched)))
+            _accumulate(results, acc, bar, on_image)
+        else:
+            with ThreadPoolExecutor(n_workers, thread_name_prefix="fastpq-files") as pool:
+                _accumulate(_bounded_map(pool, one, len(matched), 4 * n_workers), acc, bar,
+                            on_image)
+    finally:
+        if bar is not None:
+            bar.close()
+    return acc
+
+
+def _bounded_map(pool, fn, n, window):
+    """Like pool.map, in order, with at most ``window`` images in flight (bounded memory)."""
+    from collections import deque
+
+    pending = deque()
+    for k in range(n):
+        pending.append(pool.submit(fn, k))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _accumulate(results, acc, bar, on_image):
+    for k, (match, notes) in enumerate(results):
+        for note in notes:
+            warnings.warn(note, SuspectDataWarning, stacklevel=4)
+        acc.add_image(match.tp, match.fp, match.fn, match.iou)
+        if on_image is not None:
+            on_image(k, match)
+        if bar is not None:
+            bar.update(1)
+
+
+def _progress_bar(total, progress):
+    if progress is None:
+        progress = sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    if not progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, desc="fastpq")
+
+
+def resolve_inputs(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None):
+    """Load both JSONs, default the folders as the reference does, pair the annotations."""
+    gt_json = load_json(gt_json_file, "ground-truth")
+    pred_json = load_json(pred_json_file, "prediction")
+    # the reference replaces every '.json' in the path, not only a suffix (SPEC §2.1)
+    gt_folder = str(gt_json_file).replace(".json", "") if gt_folder is None else gt_folder
+    pred_folder = str(pred_json_file).replace(".json", "") if pred_folder is None else pred_folder
+    categories = Categories.from_coco(gt_json["categories"])
+    return gt_json, pred_json, gt_folder, pred_folder, categories
+
+
+def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *,
+               workers: int | None = None, progress: bool | None = None, verbose: bool = True,
+               return_result: bool = False):
+    """panopticapi's ``pq_compute``: the same signature, defaults, errors, table and return dict.
+
+    Parameters
+    ----------
+    gt_json_file, pred_json_file : str or path
+        COCO panoptic JSON files. Folders default to the JSON paths with '.json' removed.
+    workers : int, optional
+        Threads decoding and scoring images (default: the number of cores). Nothing outlives
+        the call. The numbers do not depend on it.
+    progress : bool, optional
+        A tqdm bar on stderr (default: when stderr is a terminal).
+    verbose : bool
+        Print the reference's header and table on ``sys.stdout``.
+    return_result : bool
+        Return the :class:`~fastpq.result.PQResult` instead of the reference's dict.
+
+    Returns
+    -------
+    dict
+        ``{'All': {pq, sq, rq, n}, 'Things': ..., 'Stuff': ..., 'per_class': {cat_id: {pq, sq,
+        rq, tp, fp, fn, iou}}}`` — a split with no category gives 0.0 and n = 0 where the
+        reference raises ZeroDivisionError.
+    """
+    start = time.time()
+    gt_json, pred_json, gt_folder, pred_folder, categories = resolve_inputs(
+        gt_json_file, pred_json_file, gt_folder, pred_folder)
+    out = sys.stdout if verbose else None
+    _print_header(out, gt_json_file, gt_folder, pred_json_file, pred_folder)
+    if not os.path.isdir(gt_folder):
+        raise Exception("Folder {} with ground truth segmentations doesn't exist".format(gt_folder))
+    if not os.path.isdir(pred_folder):
+        raise Exception("Folder {} with predicted segmentations doesn't exist".format(pred_folder))
+    matched = pair_annotations(gt_json, pred_json, gt_json_file, pred_json_file)
+    acc = evaluate_files(matched, gt_folder, pred_folder, categories, workers=workers,
+                         progress=progress)
+    result = acc.result()
+    if out is not None:
+        print(result.table(), file=out)
+        print("Time elapsed: {:0.2f} seconds".format(time.time() - start), file=out)
+    return result if return_result else result.to_dict()
+
+
+def _print_header(out, gt_json_file, gt_folder, pred_json_file, pred_folder):
+    if out is None:
+        return
+    print("Evaluation panoptic segmentation metrics:", file=out)
+    print("Ground truth:", file=out)
+    print("\tSegmentation folder: {}".format(gt_folder), file=out)
+    print("\tJSON file: {}".format(gt_json_file), file=out)
+    print("Prediction:", file=out)
+    print("\tSegmentation folder: {}".format(pred_folder), file=out)
+    print("\tJSON file: {}".format(pred_json_file), file=out)
+
