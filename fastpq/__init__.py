@@ -7,6 +7,7 @@ torchvision and Dask are imported where they are used.
 from .accumulator import PQAccumulator
 from .api import evaluate
 from .categories import Categories
+from .coco import pq_compute
 from .errors import DecodeError, InputError, SegmentError
 from .result import ClassScore, PQResult, SplitScore
 
@@ -14,5 +15,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Categories", "ClassScore", "DecodeError", "InputError", "PQAccumulator", "PQResult",
-    "SegmentError", "SplitScore", "evaluate", "__version__",
+    "SegmentError", "SplitScore", "evaluate", "pq_compute", "__version__",
 ]
