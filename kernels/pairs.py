@@ -24,44 +24,29 @@ _MUL_P = np.uint64(0xC2B2AE3D27D4EB4F)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _slot(g, p, mask):
+def _insert(table, g, p, n, mask):
+    """Add n to the count of (g, p) in an open-addressing table of rows [g, p, count];
+    a row with count 0 is free. Returns 1 when a new row was taken, else 0."""
     h = np.uint64(g) * _MUL_G ^ np.uint64(p) * _MUL_P
-    return np.int64((h >> np.uint64(29)) & np.uint64(mask))
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _insert(keys_g, keys_p, counts, used, g, p, n, mask):
-    """Add n to the count of (g, p); returns 1 when a new slot was taken, else 0."""
-    s = _slot(g, p, mask)
+    s = np.int64((h >> np.uint64(29)) & np.uint64(mask))
     while True:
-        if not used[s]:
-            used[s] = True
-            keys_g[s] = g
-            keys_p[s] = p
-            counts[s] = n
+        if table[s, 2] == 0:
+            table[s, 0] = g
+            table[s, 1] = p
+            table[s, 2] = n
             return 1
-        if keys_g[s] == g and keys_p[s] == p:
-            counts[s] += n
+        if table[s, 0] == g and table[s, 1] == p:
+            table[s, 2] += n
             return 0
         s = (s + 1) & mask
 
 
 @njit(nogil=True, cache=True)
-def _compact(keys_g, keys_p, counts, used):
-    n = 0
-    for s in range(used.size):
-        if used[s]:
-            n += 1
-    g = np.empty(n, np.int64)
-    p = np.empty(n, np.int64)
-    c = np.empty(n, np.int64)
-    k = 0
-    for s in range(used.size):
-        if used[s]:
-            g[k] = keys_g[s]
-            p[k] = keys_p[s]
-            c[k] = counts[s]
-            k += 1
+def _compact(table):
+    rows = np.flatnonzero(table[:, 2])
+    g = table[rows, 0]
+    p = table[rows, 1]
+    c = table[rows, 2]
     # sort by (g, p): stable sort on the minor key, then on the major key
     order = np.argsort(p, kind="mergesort")
     g, p, c = g[order], p[order], c[order]
@@ -69,21 +54,21 @@ def _compact(keys_g, keys_p, counts, used):
     return g[order], p[order], c[order]
 
 
+_EMPTY = np.zeros(0, np.int64)
+
+
 @njit(nogil=True, cache=True)
 def _hist_ids(gt, pred, capacity):
     """Pair histogram of two 2-D integer id maps. Returns (ok, g, p, c)."""
-    keys_g = np.empty(capacity, np.int64)
-    keys_p = np.empty(capacity, np.int64)
-    counts = np.empty(capacity, np.int64)
-    used = np.zeros(capacity, np.bool_)
+    table = np.zeros((capacity, 3), np.int64)
     mask = capacity - 1
     limit = capacity // 2
     n_used = 0
     h, w = gt.shape
     if h * w == 0:
-        return True, keys_g[:0], keys_p[:0], counts[:0]
+        return True, _EMPTY, _EMPTY, _EMPTY
     # Per row, a branch-free (vectorised) pass marks where the pair changes; the marks are then
-    # scanned eight at a time, so flat stretches cost no per-pixel branch.
+    # read eight at a time as one 64-bit word, so flat stretches cost no per-pixel branch.
     n_words = (w + 7) // 8
     change = np.zeros(n_words * 8, np.uint8)
     words = change.view(np.uint64)
@@ -100,40 +85,36 @@ def _hist_ids(gt, pred, capacity):
         for k in range(n_words):
             marks = words[k]
             while marks != 0:
-                # byte index of the lowest set mark (the maps' byte order is little-endian)
+                # byte index of the lowest mark (little-endian words)
                 j = k * 8 + (trailing_zeros(marks) >> 3)
                 marks &= marks - np.uint64(1)
                 run += j - pos
                 if run > 0:
-                    n_used += _insert(keys_g, keys_p, counts, used, np.int64(run_g),
-                                      np.int64(run_p), run, mask)
+                    n_used += _insert(table, np.int64(run_g), np.int64(run_p), run, mask)
                     if n_used > limit:
-                        return False, keys_g[:0], keys_p[:0], counts[:0]
+                        return False, _EMPTY, _EMPTY, _EMPTY
                 run_g = row_g[j]
                 run_p = row_p[j]
                 run = 0
                 pos = j
         run += w - pos
-    n_used += _insert(keys_g, keys_p, counts, used, np.int64(run_g), np.int64(run_p), run, mask)
+    n_used += _insert(table, np.int64(run_g), np.int64(run_p), run, mask)
     if n_used > limit:
-        return False, keys_g[:0], keys_p[:0], counts[:0]
-    g, p, c = _compact(keys_g, keys_p, counts, used)
+        return False, _EMPTY, _EMPTY, _EMPTY
+    g, p, c = _compact(table)
     return True, g, p, c
 
 
 @njit(nogil=True, cache=True)
 def _hist_rgb(gt, pred, capacity):
     """Pair histogram of two (H, W, 3) uint8 RGB maps, ids = R + 256 G + 65536 B."""
-    keys_g = np.empty(capacity, np.int64)
-    keys_p = np.empty(capacity, np.int64)
-    counts = np.empty(capacity, np.int64)
-    used = np.zeros(capacity, np.bool_)
+    table = np.zeros((capacity, 3), np.int64)
     mask = capacity - 1
     limit = capacity // 2
     n_used = 0
     h, w = gt.shape[0], gt.shape[1]
     if h * w == 0:
-        return True, keys_g[:0], keys_p[:0], counts[:0]
+        return True, _EMPTY, _EMPTY, _EMPTY
     run_g = np.int64(-1)
     run_p = np.int64(-1)
     run = 0
@@ -146,30 +127,27 @@ def _hist_rgb(gt, pred, capacity):
                 run += 1
             else:
                 if run > 0:
-                    n_used += _insert(keys_g, keys_p, counts, used, run_g, run_p, run, mask)
+                    n_used += _insert(table, run_g, run_p, run, mask)
                     if n_used > limit:
-                        return False, keys_g[:0], keys_p[:0], counts[:0]
+                        return False, _EMPTY, _EMPTY, _EMPTY
                 run_g, run_p, run = g, p, 1
-    n_used += _insert(keys_g, keys_p, counts, used, run_g, run_p, run, mask)
+    n_used += _insert(table, run_g, run_p, run, mask)
     if n_used > limit:
-        return False, keys_g[:0], keys_p[:0], counts[:0]
-    g, p, c = _compact(keys_g, keys_p, counts, used)
+        return False, _EMPTY, _EMPTY, _EMPTY
+    g, p, c = _compact(table)
     return True, g, p, c
 
 
 @njit(nogil=True, cache=True)
 def _hist_catinst(gt, pred, capacity):
     """Pair histogram of two (H, W, 2) [category, instance] maps; id = category << 32 | instance."""
-    keys_g = np.empty(capacity, np.int64)
-    keys_p = np.empty(capacity, np.int64)
-    counts = np.empty(capacity, np.int64)
-    used = np.zeros(capacity, np.bool_)
+    table = np.zeros((capacity, 3), np.int64)
     mask = capacity - 1
     limit = capacity // 2
     n_used = 0
     h, w = gt.shape[0], gt.shape[1]
     if h * w == 0:
-        return True, keys_g[:0], keys_p[:0], counts[:0]
+        return True, _EMPTY, _EMPTY, _EMPTY
     run_g = np.int64(gt[0, 0, 0]) << 32 | np.int64(gt[0, 0, 1])
     run_p = np.int64(pred[0, 0, 0]) << 32 | np.int64(pred[0, 0, 1])
     run = 0
@@ -180,14 +158,14 @@ def _hist_catinst(gt, pred, capacity):
             if g == run_g and p == run_p:
                 run += 1
             else:
-                n_used += _insert(keys_g, keys_p, counts, used, run_g, run_p, run, mask)
+                n_used += _insert(table, run_g, run_p, run, mask)
                 if n_used > limit:
-                    return False, keys_g[:0], keys_p[:0], counts[:0]
+                    return False, _EMPTY, _EMPTY, _EMPTY
                 run_g, run_p, run = g, p, 1
-    n_used += _insert(keys_g, keys_p, counts, used, run_g, run_p, run, mask)
+    n_used += _insert(table, run_g, run_p, run, mask)
     if n_used > limit:
-        return False, keys_g[:0], keys_p[:0], counts[:0]
-    g, p, c = _compact(keys_g, keys_p, counts, used)
+        return False, _EMPTY, _EMPTY, _EMPTY
+    g, p, c = _compact(table)
     return True, g, p, c
 
 
