@@ -1,0 +1,153 @@
+"""COCO panoptic files (JSON + PNG folders): fastpq against panopticapi, hotcoco and vernier.
+
+    python bench/bench_files.py [--images 500] [--cityscapes 12] [--repeat 3] [--root DIR]
+
+Writes a generated COCO-like folder (640x480) and a Cityscapes-like one (1024x2048), then runs
+each tool on the same files in a fresh subprocess, interleaved, ``--repeat`` rounds; prints the
+median wall time of the evaluation call (imports excluded), images/s, and the peak resident
+memory of the whole process tree (sampled every 5 ms, children included — panopticapi uses a
+process pool). Every tool's All-PQ is printed so a mismatch shows.
+
+* fastpq:      fastpq.pq_compute (threads = cores)
+* panopticapi: panopticapi.evaluation.pq_compute (the reference; one process per core)
+* hotcoco:     hotcoco.panoptic.pq_compute
+* vernier:     vernier.panoptic, parity_mode="strict"; it takes decoded arrays, so its time
+               includes decoding every PNG with its own decoder (vernier.panoptic.decode_label_map_png)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RUNNERS = {
+    "fastpq": """
+import fastpq
+t = time.perf_counter()
+r = fastpq.pq_compute(GT, PRED, verbose=False, progress=False)
+dt = time.perf_counter() - t
+pq = r["All"]["pq"]
+""",
+    "panopticapi": """
+from panopticapi.evaluation import pq_compute
+t = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+    r = pq_compute(GT, PRED)
+dt = time.perf_counter() - t
+pq = r["All"]["pq"]
+""",
+    "hotcoco": """
+from hotcoco.panoptic import pq_compute
+t = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+    r = pq_compute(GT, PRED)
+dt = time.perf_counter() - t
+pq = r["All"]["pq"]
+""",
+    "vernier": """
+import vernier.panoptic as vp
+t = time.perf_counter()
+gt = json.load(open(GT)); pred = json.load(open(PRED))
+gdir, pdir = GT[:-5], PRED[:-5]
+maps = {a["image_id"]: vp.decode_label_map_png(os.path.join(gdir, a["file_name"])) for a in gt["annotations"]}
+pmaps = {a["image_id"]: vp.decode_label_map_png(os.path.join(pdir, a["file_name"])) for a in pred["annotations"]}
+ds = vp.Dataset.from_arrays(maps, json.dumps({str(a["image_id"]): a["segments_info"] for a in gt["annotations"]}).encode(),
+                            json.dumps(gt["categories"]).encode())
+pr = vp.Predictions.from_arrays(pmaps, json.dumps({str(a["image_id"]): a["segments_info"] for a in pred["annotations"]}).encode())
+s = vp.Evaluator(parity_mode="strict").evaluate(ds, pr)
+dt = time.perf_counter() - t
+pq = s.pq
+""",
+}
+
+PRELUDE = "import contextlib, io, json, os, time\nGT, PRED = {gt!r}, {pred!r}\n"
+EPILOGUE = "\nprint('RESULT', json.dumps({'seconds': dt, 'pq': float(pq)}))\n"
+
+
+def run_one(tool, gt, pred):
+    import psutil
+
+    code = PRELUDE.format(gt=gt, pred=pred) + RUNNERS[tool] + EPILOGUE
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = parent.memory_info().rss
+            for child in parent.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.005)
+    out, err = proc.communicate()
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{tool} failed:\n{err[-2000:]}")
+    res = json.loads(lines[-1][7:])
+    res["peak_mb"] = peak / 2**20
+    return res
+
+
+def available(tool):
+    module = {"fastpq": "fastpq", "panopticapi": "panopticapi.evaluation",
+              "hotcoco": "hotcoco.panoptic", "vernier": "vernier.panoptic"}[tool]
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def bench(label, info, tools, repeat):
+    gt, pred, n = info["gt_json"], info["pred_json"], info["n_images"]
+    runs = {t: [] for t in tools}
+    for _ in range(repeat):
+        for tool in tools:  # interleaved rounds
+            runs[tool].append(run_one(tool, gt, pred))
+    print(f"\n{label}: {n} images")
+    print(f"{'tool':12s} {'median s':>9s} {'images/s':>9s} {'x ref':>7s} {'peak MB':>8s}  All-PQ")
+    t_ref = statistics.median(r["seconds"] for r in runs["panopticapi"]) if "panopticapi" in runs else None
+    for tool, rs in runs.items():
+        t = statistics.median(r["seconds"] for r in rs)
+        peak = max(r["peak_mb"] for r in rs)
+        x = f"{t_ref / t:7.1f}" if t_ref else f"{'-':>7s}"
+        print(f"{tool:12s} {t:9.3f} {n / t:9.0f} {x} {peak:8.0f}  {rs[0]['pq']:.15f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--cityscapes", type=int, default=12)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--root", default=None, help="keep the generated folders here")
+    ap.add_argument("--tools", default="fastpq,panopticapi,hotcoco,vernier")
+    args = ap.parse_args(argv)
+
+    from fastpq import synthetic
+
+    tools = [t for t in args.tools.split(",") if available(t)]
+    root = args.root or tempfile.mkdtemp(prefix="fastpq-bench-")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    coco = synthetic.write_coco_dataset(os.path.join(root, "coco"), args.images, seed=1)
+    bench("COCO-like 640x480", coco, tools, args.repeat)
+    if args.cityscapes:
+        city = synthetic.write_coco_dataset(os.path.join(root, "cityscapes"), args.cityscapes,
+                                            height=1024, width=2048, categories="cityscapes",
+                                            id_style="divisor", seed=2)
+        bench("Cityscapes-like 1024x2048", city, tools, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
