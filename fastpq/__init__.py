@@ -10,10 +10,12 @@ from .categories import Categories
 from .coco import pq_compute
 from .errors import DecodeError, InputError, SegmentError
 from .result import ClassScore, PQResult, SplitScore
+from .shim import install_as_panopticapi
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Categories", "ClassScore", "DecodeError", "InputError", "PQAccumulator", "PQResult",
-    "SegmentError", "SplitScore", "evaluate", "pq_compute", "__version__",
+    "SegmentError", "SplitScore", "evaluate", "install_as_panopticapi", "pq_compute",
+    "__version__",
 ]

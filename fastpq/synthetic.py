@@ -33,7 +33,8 @@ import numpy as np
 from .categories import Categories, _load_json
 from .errors import InputError
 
-__all__ = ["make_scene", "make_prediction", "make_dataset", "write_coco_dataset", "id2rgb", "rgb2id"]
+__all__ = ["make_scene", "make_prediction", "make_dataset", "write_coco_dataset", "write_cityscapes_dataset",
+           "id2rgb", "rgb2id"]
 
 ID_LIMIT = 2 ** 24
 """Exclusive upper bound of segment ids in the RGB PNG encoding (SPEC §1.1)."""
@@ -840,3 +841,107 @@ def write_coco_dataset(root, n_images, *, height=480, width=640, categories="coc
     with open(paths["pred_json"], "w", encoding="utf-8") as f:
         json.dump({"annotations": [r[2] for r in records]}, f)
     return dict(paths, n_images=n_images)
+
+
+# -- Cityscapes files -----------------------------------------------------------------------------
+
+_CITYSCAPES_COLORS = {
+    7: (128, 64, 128), 8: (244, 35, 232), 11: (70, 70, 70), 12: (102, 102, 156), 13: (190, 153, 153),
+    17: (153, 153, 153), 19: (250, 170, 30), 20: (220, 220, 0), 21: (107, 142, 35), 22: (152, 251, 152),
+    23: (70, 130, 180), 24: (220, 20, 60), 25: (255, 0, 0), 26: (0, 0, 142), 27: (0, 0, 70),
+    28: (0, 60, 100), 31: (0, 80, 100), 32: (0, 0, 230), 33: (119, 11, 32),
+}
+"""Display colours of the evaluated Cityscapes classes (cityscapesScripts ``helpers/labels.py``)."""
+
+_CITYSCAPES_CITIES = ("frankfurt", "lindau", "munster")
+
+
+def write_cityscapes_dataset(root, n_images, *, height=1024, width=2048, seed=0, workers=None,
+                             **kwargs) -> dict:
+    """Write a generated dataset as Cityscapes panoptic files (cityscapesScripts' format).
+
+    The ground truth is what ``csCreatePanopticImgs`` writes from ``*_gtFine_instanceIds.png``
+    (SPEC §1.2): ``root/gtFine/cityscapes_panoptic_val.json`` (``images``, ``annotations`` and the
+    19 evaluated ``categories`` with label ids, written with ``sort_keys=True, indent=4``) and
+    ``root/gtFine/cityscapes_panoptic_val/<image_id>_gtFine_panoptic.png``. Image ids are strings
+    ``<city>_<sequence>_<frame>`` (``frankfurt_000000_000019``), in sorted order. The segment id
+    is the raw Cityscapes value: ``label_id * 1000 + k`` for instance ``k`` (from 0) of a thing
+    class, the plain label id for a stuff class and for a thing class's crowd (group) region, so
+    there is at most one crowd segment per class; segments are listed in ascending id order. The
+    converter's colour ``[v % 256, v // 256, v // 65536]`` equals :func:`id2rgb` because the ids
+    stay below 2**16.
+
+    Predictions (what ``evalPanopticSemanticLabeling`` reads): ``root/results/
+    cityscapes_panoptic_val.json`` with ``annotations`` only and PNGs
+    ``root/results/cityscapes_panoptic_val/<image_id>_leftImg8bit.png`` (other names than the GT
+    PNGs: images pair by ``image_id``). The images are those of :func:`make_dataset` with
+    ``categories="cityscapes", id_style="divisor"`` and the same other arguments.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Output folder, created if needed; existing files of the same names are overwritten.
+    n_images, height, width, seed, **kwargs
+        As in :func:`make_dataset` (``id_style`` is always ``"divisor"``).
+    workers : int, optional
+        Threads generating and encoding images (default: up to 8, one per CPU). All threads are
+        joined before returning.
+
+    Returns
+    -------
+    dict
+        ``{"gt_json", "gt_folder", "pred_json", "pred_folder"}`` as ``str`` paths,
+        ``"n_images"`` and ``"image_ids"`` (image ``i`` of :func:`make_dataset` is
+        ``image_ids[i]``).
+
+    Raises
+    ------
+    ImportError
+        If Pillow is not installed.
+    TypeError
+        On an unknown keyword argument, or ``id_style``.
+    """
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError("write_cityscapes_dataset needs Pillow: pip install fastpq[files]") from exc
+    if "id_style" in kwargs:
+        raise TypeError("write_cityscapes_dataset always writes Cityscapes ids (id_style='divisor')")
+    categories = Categories.cityscapes()
+    scene, prediction = _split_options(dict(kwargs, id_style="divisor"))
+    root = Path(root)
+    gt_folder = root / "gtFine" / "cityscapes_panoptic_val"
+    pred_folder = root / "results" / "cityscapes_panoptic_val"
+    gt_folder.mkdir(parents=True, exist_ok=True)
+    pred_folder.mkdir(parents=True, exist_ok=True)
+    image_ids = [f"{_CITYSCAPES_CITIES[i % 3]}_{i // 3:06d}_000019" for i in range(n_images)]
+
+    def write_image(index: int):
+        gt_ids, gt_segments, pred_ids, pred_segments = _make_image(seed, index, height, width, categories,
+                                                                   scene, prediction)
+        image_id = image_ids[index]
+        gt_name, pred_name = f"{image_id}_gtFine_panoptic.png", f"{image_id}_leftImg8bit.png"
+        Image.fromarray(id2rgb(gt_ids)).save(gt_folder / gt_name)
+        Image.fromarray(id2rgb(pred_ids)).save(pred_folder / pred_name)
+        # the converter names the input image '<id>_gtFine_leftImg8bit.png' (the real file has no
+        # '_gtFine'); only pq_compute's images list, which it never reads, holds it
+        return ({"id": image_id, "width": int(gt_ids.shape[1]), "height": int(gt_ids.shape[0]),
+                 "file_name": f"{image_id}_gtFine_leftImg8bit.png"},
+                {"image_id": image_id, "file_name": gt_name,
+                 "segments_info": sorted(gt_segments, key=lambda s: s["id"])},
+                {"image_id": image_id, "file_name": pred_name, "segments_info": pred_segments})
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        records = sorted(pool.map(write_image, range(n_images)), key=lambda r: r[0]["id"])
+
+    gt_json = {"images": [r[0] for r in records], "annotations": [r[1] for r in records],
+               "categories": [dict(entry, color=list(_CITYSCAPES_COLORS[entry["id"]]))
+                              for entry in categories.to_coco()]}
+    paths = {"gt_json": str(root / "gtFine" / "cityscapes_panoptic_val.json"), "gt_folder": str(gt_folder),
+             "pred_json": str(root / "results" / "cityscapes_panoptic_val.json"),
+             "pred_folder": str(pred_folder)}
+    with open(paths["gt_json"], "w", encoding="utf-8") as f:
+        json.dump(gt_json, f, sort_keys=True, indent=4)
+    with open(paths["pred_json"], "w", encoding="utf-8") as f:
+        json.dump({"annotations": [r[2] for r in records]}, f)
+    return dict(paths, n_images=n_images, image_ids=image_ids)
