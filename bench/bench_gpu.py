@@ -1,0 +1,232 @@
+"""Benchmark of the GPU pair histogram (kernels/pairs.cu) against the memory-bandwidth limit.
+
+Run on a machine with a CUDA GPU and CuPy (``pip install fastpq[gpu]``)::
+
+    python bench/bench_gpu.py [--runs 20] [--peak-gbs 3350]
+
+For two batch shapes of int32 panoptic-like label maps (16 x 1024x2048 Cityscapes-size and
+64 x 480x640 COCO-size, generated on the device, seeded) it prints the median over ``--runs``
+CUDA-event-timed runs of
+
+* ``histogram``: :func:`fastpq.gpu.pair_histogram_batch` (table init, histogram, compaction),
+* ``histogram+match``: the same plus :func:`fastpq.gpu.match_batch`,
+* ``torch.unique``: the sort-based baseline on a 64-bit key (image << 48 | gt << 24 | pred), when
+  PyTorch with CUDA is installed,
+
+as images/s, GB/s of label maps read (8 bytes per pixel: two int32 maps) and the fraction of the
+peak bandwidth (from the device's memory clock and bus width, or ``--peak-gbs``), next to a
+measured device-to-device copy. The pair counts of the kernel and of torch.unique are compared
+once, outside the timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import numpy as np
+
+SHAPES = [(16, 1024, 2048), (64, 480, 640)]
+
+
+def _cupy_or_exit():
+    try:
+        import cupy
+    except ImportError:
+        sys.exit("bench_gpu.py needs CuPy and a CUDA GPU: pip install fastpq[gpu]")
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # no driver, or a driver without devices
+        sys.exit(f"bench_gpu.py needs a CUDA GPU, and CUDA reports none: {error}")
+    if n_devices == 0:
+        sys.exit("bench_gpu.py needs a CUDA GPU, and CUDA reports none")
+    return cupy
+
+
+def peak_bandwidth_gbs(cp, device_id: int):
+    """Theoretical DRAM bandwidth, memory clock (kHz) x bus width (bits) x 2 (DDR), in GB/s."""
+    runtime = cp.cuda.runtime
+    try:
+        properties = runtime.getDeviceProperties(device_id)
+        clock_khz, bus_bits = properties.get("memoryClockRate"), properties.get("memoryBusWidth")
+        if not clock_khz:  # CUDA 13 dropped memoryClockRate from cudaDeviceProp
+            clock_khz = runtime.deviceGetAttribute(36, device_id)  # cudaDevAttrMemoryClockRate
+        if not bus_bits:
+            bus_bits = runtime.deviceGetAttribute(37, device_id)  # cudaDevAttrGlobalMemoryBusWidth
+        return clock_khz * 1e3 * bus_bits / 8 * 2 / 1e9
+    except Exception:
+        return None
+
+
+def panoptic_like_batch(cp, rng, n_images, height, width, n_segments=40):
+    """Voronoi cells with COCO-range ids and a void band (GT); jittered cells, 70 % of the ids
+    kept, and 0.2 % salt noise (pred). Returns device maps and per-image id lists."""
+    yy = cp.arange(height, dtype=cp.float32)[:, None]
+    xx = cp.arange(width, dtype=cp.float32)[None, :]
+    gt = cp.empty((n_images, height, width), cp.int32)
+    pred = cp.empty_like(gt)
+    ids = []
+
+    def cells(cy, cx):
+        best = cp.full((height, width), cp.inf, cp.float32)
+        label = cp.zeros((height, width), cp.int32)
+        for k in range(len(cy)):
+            distance = (yy - float(cy[k])) ** 2 + (xx - float(cx[k])) ** 2
+            closer = distance < best
+            best = cp.where(closer, distance, best)
+            label = cp.where(closer, k, label)
+        return label
+
+    for b in range(n_images):
+        cy, cx = rng.uniform(0, height, n_segments), rng.uniform(0, width, n_segments)
+        gt_ids = rng.choice((1 << 24) - 1, n_segments, replace=False).astype(np.int32) + 1
+        gt[b] = cp.asarray(gt_ids)[cells(cy, cx)]
+        band = int(rng.integers(0, height - height // 20))
+        gt[b, band:band + height // 20] = 0
+        pred_ids = np.where(rng.random(n_segments) < 0.7, gt_ids,
+                            rng.integers(1, 1 << 24, n_segments)).astype(np.int32)
+        jitter = (cy + rng.normal(0, height * 0.02, n_segments),
+                  cx + rng.normal(0, width * 0.02, n_segments))
+        pred[b] = cp.asarray(pred_ids)[cells(*jitter)]
+        salt = cp.random.random((height, width), dtype=cp.float32) < 0.002
+        pred[b] = cp.where(salt, int(pred_ids[0]), pred[b])
+        ids.append((gt_ids, pred_ids))
+    return gt, pred, ids
+
+
+def segment_tables(rng, ids, n_categories=133):
+    """Segment tables for the batch: random categories (5 % crowd); a pred id that is also a GT
+    id takes that segment's category, so that segments match."""
+    from fastpq.kernels.pairs_cuda import pad_segment_tables
+
+    gt_categories = [rng.integers(0, n_categories, len(g)) for g, _ in ids]
+    gt = pad_segment_tables([g for g, _ in ids], gt_categories,
+                            [(rng.random(len(g)) < 0.05).astype(np.int32) for g, _ in ids])
+    pred_ids, pred_categories = [], []
+    for (g, p), categories in zip(ids, gt_categories, strict=True):
+        lookup = dict(zip(g.tolist(), categories.tolist(), strict=True))
+        p = np.unique(p)
+        pred_ids.append(p)
+        pred_categories.append([lookup.get(q, int(rng.integers(0, n_categories)))
+                                for q in p.tolist()])
+    return gt, pad_segment_tables(pred_ids, pred_categories), n_categories
+
+
+def median_ms(cp, function, runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        function()
+    cp.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(runs):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        function()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+    return float(np.median(times))
+
+
+def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float) -> None:
+    """Print the rows of one batch shape."""
+    from fastpq.gpu import match_batch, pair_histogram_batch
+
+    n_images, height, width = shape
+    gt, pred, ids = panoptic_like_batch(cp, rng, n_images, height, width)
+    gt_segments, pred_segments, n_categories = segment_tables(rng, ids)
+    gt_segments = type(gt_segments)(*(None if a is None else cp.asarray(a) for a in gt_segments))
+    pred_segments = type(pred_segments)(*(None if a is None else cp.asarray(a)
+                                          for a in pred_segments))
+    read_bytes = 8 * n_images * height * width
+
+    def histogram():
+        return pair_histogram_batch(gt, pred)
+
+    def histogram_match():
+        return match_batch(pair_histogram_batch(gt, pred), gt_segments, pred_segments,
+                           n_categories)
+
+    rows = [("histogram", histogram), ("histogram+match", histogram_match)]
+    torch_unique = None
+    if torch is not None:
+        tgt, tpred = torch.from_dlpack(gt), torch.from_dlpack(pred)
+        image = torch.arange(n_images, device=tgt.device, dtype=torch.int64).view(-1, 1, 1)
+
+        def torch_unique():
+            key = (image << 48) | (tgt.long() << 24) | tpred.long()
+            return torch.unique(key, return_counts=True)
+
+        rows.append(("torch.unique", torch_unique))
+
+    for label, function in rows:
+        ms = median_ms(cp, function, runs)
+        gbs = read_bytes / ms / 1e6
+        print(f"{f'{n_images}x{height}x{width}':>16}  {label:<16} {ms:8.3f} "
+              f"{n_images / ms * 1e3:10.0f} {gbs:8.0f} "
+              f"{(f'{gbs / peak:.0%}' if peak else '-'):>8} {gbs / copy_gbs:8.0%}")
+
+    tables = pair_histogram_batch(gt, pred)
+    status = tables.status.get()
+    if status.any():
+        print(f"  warning: status bits set: {sorted(set(status.tolist()))}")
+    n_pairs = int(tables.n_pairs.sum().get())
+    if torch_unique is not None:
+        keys, _ = torch_unique()
+        verdict = "agree" if n_pairs == keys.numel() else "DISAGREE"
+        print(f"  pairs: {n_pairs} (torch.unique: {keys.numel()}, {verdict})")
+    else:
+        print(f"  pairs: {n_pairs}")
+
+
+def copy_bandwidth_gbs(cp, runs: int) -> float:
+    """Measured device-to-device copy of 1 GiB (read + write), in GB/s."""
+    source = cp.empty(1 << 28, cp.int32)
+    target = cp.empty_like(source)
+    ms = median_ms(cp, lambda: cp.copyto(target, source), runs)
+    return 2 * source.nbytes / ms / 1e6
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per row (median; >= 10)")
+    parser.add_argument("--peak-gbs", type=float, default=None,
+                        help="peak memory bandwidth in GB/s (default: from device attributes)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    runs = max(10, args.runs)
+
+    cp = _cupy_or_exit()
+    import fastpq
+
+    try:
+        import torch
+
+        torch = torch if torch.cuda.is_available() else None
+    except ImportError:
+        torch = None
+
+    device = cp.cuda.Device()
+    name = cp.cuda.runtime.getDeviceProperties(device.id)["name"].decode()
+    peak = args.peak_gbs or peak_bandwidth_gbs(cp, device.id)
+    copy_gbs = copy_bandwidth_gbs(cp, runs)
+
+    print(f"device: {name} (cc {device.compute_capability}), CUDA runtime "
+          f"{cp.cuda.runtime.runtimeGetVersion()}, CuPy {cp.__version__}"
+          + (f", torch {torch.__version__}" if torch else ", torch not available")
+          + f", fastpq {fastpq.__version__}, Python {platform.python_version()}")
+    print(f"peak bandwidth: {f'{peak:.0f} GB/s' if peak else 'unknown (pass --peak-gbs)'}; "
+          f"measured device-to-device copy: {copy_gbs:.0f} GB/s; median of {runs} runs")
+    print()
+    header = (f"{'batch':>16}  {'method':<16} {'ms':>8} {'images/s':>10} {'GB/s':>8} "
+              f"{'of peak':>8} {'of copy':>8}")
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(args.seed)
+    for shape in SHAPES:
+        bench_shape(cp, torch, rng, shape, runs, peak, copy_gbs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
