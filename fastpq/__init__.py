@@ -7,15 +7,17 @@ torchvision and Dask are imported where they are used.
 from .accumulator import PQAccumulator
 from .api import evaluate
 from .categories import Categories
+from .checkpoints import evaluate_many
 from .coco import pq_compute
 from .errors import DecodeError, InputError, SegmentError
+from .metric import PanopticQuality
 from .result import ClassScore, PQResult, SplitScore
 from .shim import install_as_panopticapi
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Categories", "ClassScore", "DecodeError", "InputError", "PQAccumulator", "PQResult",
-    "SegmentError", "SplitScore", "evaluate", "install_as_panopticapi", "pq_compute",
-    "__version__",
+    "Categories", "ClassScore", "DecodeError", "InputError", "PanopticQuality", "PQAccumulator",
+    "PQResult", "SegmentError", "SplitScore", "evaluate", "evaluate_many",
+    "install_as_panopticapi", "pq_compute", "__version__",
 ]

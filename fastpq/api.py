@@ -12,13 +12,13 @@ from .errors import InputError
 from .inputs import (Convention, PreparedImage, pick_convention, prepare_coco, prepare_encoded,
                      split_batch, split_segments)
 from .matching import match_image
-from .result import PQResult
 
 
 def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
              label_divisor: int | None = None, void_label: int = 0,
              thing_instance_zero: str = "crowd", image_ids: Sequence | None = None,
-             workers: int | None = 1) -> PQResult:
+             workers: int | None = 1, per_image: bool = False, metric: str = "pq",
+             convention: str = "panopticapi"):
     """Panoptic Quality of one image or a list of images, with panopticapi's numbers.
 
     Parameters
@@ -44,10 +44,20 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
         Names the images in error messages.
     workers : int or None
         Threads over images (None: all cores). The result does not depend on it.
+    per_image : bool
+        Also keep one :class:`~fastpq.records.ImageRecord` per image in ``result.per_image``
+        (default metric and convention only).
+    metric : {'pq', 'pq_dagger', 'pc'}
+        Panoptic Quality; PQ-dagger (stuff scored by IoU without the 0.5 threshold); Parsing
+        Covering (a :class:`~fastpq.variants.CoveringResult`). See :mod:`fastpq.variants`.
+    convention : {'panopticapi', 'torchmetrics'}
+        Whose matching rules: the reference's, or torchmetrics' ``PanopticQuality`` (void
+        forgiven on both sides, stuff segments merged, no crowd, float32 IoUs).
 
     Returns
     -------
     PQResult
+        Or :class:`~fastpq.variants.CoveringResult` for ``metric='pc'``.
 
     Raises
     ------
@@ -59,6 +69,17 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
         reference instead and warns).
     """
     categories = Categories.coerce(categories)
+    if per_image or metric != "pq" or convention != "panopticapi":
+        from .variants import Scoring
+
+        scoring = Scoring(categories, metric=metric, convention=convention, per_image=per_image,
+                          image_ids=image_ids)
+        for scores in iter_matches(gt, pred, gt_segments=gt_segments, pred_segments=pred_segments,
+                                   categories=categories, label_divisor=label_divisor,
+                                   void_label=void_label, thing_instance_zero=thing_instance_zero,
+                                   image_ids=image_ids, workers=workers, score=scoring.score):
+            scoring.add(scores)
+        return scoring.result()
     acc = PQAccumulator(categories)
     for match in iter_matches(gt, pred, gt_segments=gt_segments, pred_segments=pred_segments,
                               categories=categories, label_divisor=label_divisor,
@@ -70,8 +91,13 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
 
 def iter_matches(gt, pred, *, gt_segments, pred_segments, categories: Categories,
                  label_divisor=None, void_label=0, thing_instance_zero="crowd", image_ids=None,
-                 workers=1):
-    """Yield each image's :class:`~fastpq.matching.ImageMatch`, in input order."""
+                 workers=1, score=None):
+    """Yield each image's :class:`~fastpq.matching.ImageMatch`, in input order.
+
+    ``score(index, prepared)``, when given, replaces the matcher (metric variants, per-image
+    records): what it returns for each :class:`~fastpq.inputs.PreparedImage` is yielded instead.
+    It runs in the worker threads.
+    """
     convention = pick_convention(gt, gt_segments, label_divisor, void_label, thing_instance_zero)
     gts = split_batch(gt, convention, "ground-truth")
     preds = split_batch(pred, convention, "prediction")
@@ -90,6 +116,8 @@ def iter_matches(gt, pred, *, gt_segments, pred_segments, categories: Categories
     def one(k):
         prepared = prepare_one(gts[k], preds[k], gsegs[k], psegs[k], categories, convention,
                                image_index=k, image_id=ids[k])
+        if score is not None:
+            return score(k, prepared)
         return match_image(prepared.pairs, prepared.gt, prepared.pred, len(categories))
 
     n_workers = os.cpu_count() if workers is None else max(1, int(workers))

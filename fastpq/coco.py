@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 from .accumulator import PQAccumulator
 from .categories import Categories
 from .errors import DecodeError, InputError, SuspectDataWarning
+from .inputs import PreparedImage
 from .kernels import pairs as pair_kernels
 from .matching import ImageMatch, match_image
 from .segments import coco_table
@@ -70,15 +71,29 @@ def _read(path, image_id, role):
 
 
 def evaluate_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categories: Categories,
-                  image_index=None) -> tuple[ImageMatch, list[str]]:
+                  image_index=None, gt_ids=None) -> tuple[ImageMatch, list[str]]:
     """One image of a COCO panoptic dataset, as the reference scores it.
 
+    ``gt_ids`` is the decoded ground-truth PNG when the caller already has it (``evaluate_many``
+    decodes it once for several predictions); it is read from ``gt_folder`` otherwise.
     Returns the match and the warnings (strings) about suspect ground truth.
+    """
+    prepared, notes = prepare_pair(gt_ann, pred_ann, gt_folder, pred_folder, categories,
+                                   image_index, gt_ids)
+    return match_image(prepared.pairs, prepared.gt, prepared.pred, len(categories)), notes
+
+
+def prepare_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categories: Categories,
+                 image_index=None, gt_ids=None) -> tuple[PreparedImage, list[str]]:
+    """Read and check one image as the reference does (:func:`evaluate_pair` without the match).
+
+    Returns the pair table and segment tables (GT areas from the JSON) and the warnings about
+    suspect ground truth.
     """
     image_id = gt_ann["image_id"]
     gt_path = os.path.join(gt_folder, gt_ann["file_name"])
     pred_path = os.path.join(pred_folder, pred_ann["file_name"])
-    gt = _read(gt_path, image_id, "ground-truth")
+    gt = _read(gt_path, image_id, "ground-truth") if gt_ids is None else gt_ids
     pred = _read(pred_path, image_id, "predicted")
     if gt.shape != pred.shape:
         raise InputError(f"image id {image_id!r}: the ground truth {gt_path} is "
@@ -95,7 +110,7 @@ def evaluate_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categori
     _check_prediction(pred_table, pred_ids, pred_ann, image_id, pred_path)
     gt_ids, gt_area = pair_kernels.marginals(pairs[0], pairs[2])
     notes = _suspect_ground_truth(gt_table, gt_ids, gt_area, image_id, gt_path)
-    return match_image(pairs, gt_table, pred_table, len(categories)), notes
+    return PreparedImage(pairs, gt_table, pred_table), notes
 
 
 def _check_prediction(table, present, pred_ann, image_id, pred_path) -> None:
@@ -136,8 +151,11 @@ def _suspect_ground_truth(table, present, area, image_id, gt_path) -> list[str]:
 
 def evaluate_files(matched: Sequence[tuple], gt_folder, pred_folder, categories: Categories, *,
                    workers: int | None = None, progress: bool | None = None,
-                   on_image=None) -> PQAccumulator:
+                   on_image=None, first_index: int = 0) -> PQAccumulator:
     """Score (gt_ann, pred_ann) pairs with threads; images are added in input order.
+
+    ``first_index`` is the index that error messages give the first pair (a shard of a longer
+    list, as on a Dask cluster, keeps the indices of the whole list).
 
     ``on_image(index, match)`` is called for each image in order (per-image records).
     """
@@ -147,7 +165,8 @@ def evaluate_files(matched: Sequence[tuple], gt_folder, pred_folder, categories:
 
     def one(k):
         gt_ann, pred_ann = matched[k]
-        return evaluate_pair(gt_ann, pred_ann, gt_folder, pred_folder, categories, image_index=k)
+        return evaluate_pair(gt_ann, pred_ann, gt_folder, pred_folder, categories,
+                             image_index=first_index + k)
 
     try:
         if n_workers == 1 or len(matched) <= 1:
@@ -161,6 +180,39 @@ def evaluate_files(matched: Sequence[tuple], gt_folder, pred_folder, categories:
         if bar is not None:
             bar.close()
     return acc
+
+
+def score_files(matched: Sequence[tuple], gt_folder, pred_folder, scoring, *,
+                workers: int | None = None, progress: bool | None = None):
+    """:func:`evaluate_files` with a :class:`fastpq.variants.Scoring` in place of the reference's
+    matcher and accumulator (metric variants, per-image records).
+
+    Each image is read and checked as the reference does; ``scoring.score`` runs in the threads
+    and ``scoring.add`` in input order. Returns ``scoring.result()``.
+    """
+    n_workers = max(1, min(os.cpu_count() or 1, len(matched)) if workers is None else int(workers))
+    bar = _progress_bar(len(matched), progress)
+
+    def one(k):
+        gt_ann, pred_ann = matched[k]
+        prepared, notes = prepare_pair(gt_ann, pred_ann, gt_folder, pred_folder,
+                                       scoring.categories, image_index=scoring.first_index + k)
+        return scoring.score(k, prepared), notes
+
+    try:
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="fastpq-files") as pool:
+            results = (map(one, range(len(matched))) if n_workers == 1
+                       else _bounded_map(pool, one, len(matched), 4 * n_workers))
+            for scores, notes in results:
+                for note in notes:
+                    warnings.warn(note, SuspectDataWarning, stacklevel=3)
+                scoring.add(scores)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return scoring.result()
 
 
 def _bounded_map(pool, fn, n, window):
@@ -212,7 +264,8 @@ def resolve_inputs(gt_json_file, pred_json_file, gt_folder=None, pred_folder=Non
 
 def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *,
                workers: int | None = None, progress: bool | None = None, verbose: bool = True,
-               return_result: bool = False):
+               return_result: bool = False, client=None, per_image: bool = False,
+               metric: str = "pq", convention: str = "panopticapi"):
     """panopticapi's ``pq_compute``: the same signature, defaults, errors, table and return dict.
 
     Parameters
@@ -228,6 +281,13 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *
         Print the reference's header and table on ``sys.stdout``.
     return_result : bool
         Return the :class:`~fastpq.result.PQResult` instead of the reference's dict.
+    client : distributed.Client, optional
+        Score the images on this Dask cluster instead (:mod:`fastpq.cluster`); its workers read
+        the PNGs at the same paths, and ``workers`` is ignored. The numbers are the same.
+    per_image, metric, convention
+        As in :func:`fastpq.evaluate` (``metric`` and ``convention`` not with ``client``). Under
+        the 'torchmetrics' convention GT areas are pixel counts, and GT ids missing from the JSON
+        are void.
 
     Returns
     -------
@@ -246,9 +306,24 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *
     if not os.path.isdir(pred_folder):
         raise Exception("Folder {} with predicted segmentations doesn't exist".format(pred_folder))
     matched = pair_annotations(gt_json, pred_json, gt_json_file, pred_json_file)
-    acc = evaluate_files(matched, gt_folder, pred_folder, categories, workers=workers,
-                         progress=progress)
-    result = acc.result()
+    if client is not None:
+        from .cluster import evaluate_on_cluster
+
+        if metric != "pq" or convention != "panopticapi":
+            raise InputError("metric and convention are not available with a Dask client; "
+                             "evaluate without client=")
+        result = evaluate_on_cluster(client, matched, gt_folder, pred_folder, categories,
+                                     progress=progress, per_image=per_image)
+    elif per_image or metric != "pq" or convention != "panopticapi":
+        from .variants import Scoring
+
+        scoring = Scoring(categories, metric=metric, convention=convention, per_image=per_image,
+                          image_ids=[gt_ann["image_id"] for gt_ann, _ in matched])
+        result = score_files(matched, gt_folder, pred_folder, scoring, workers=workers,
+                             progress=progress)
+    else:
+        result = evaluate_files(matched, gt_folder, pred_folder, categories, workers=workers,
+                                progress=progress).result()
     if out is not None:
         print(result.table(), file=out)
         print("Time elapsed: {:0.2f} seconds".format(time.time() - start), file=out)

@@ -15,6 +15,7 @@ instance when it is ``'instance'``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -50,19 +51,48 @@ class PreparedImage:
     pairs: tuple  # (gt_ids, pred_ids, counts), sorted by (gt, pred)
     gt: SegmentTable
     pred: SegmentTable
-    #: maps the ids used in ``pairs``/tables back to the user's ids (None: identical)
+    #: maps the ids used in ``pairs``/tables back to the user's ids (None: identical); for pair
+    #: maps an (S, 2) array of [category, instance] rows
     original_ids: Any = None
 
 
+def is_torch_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor (torch is never imported here: a tensor implies it is)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def on_device(x) -> bool:
+    """Whether a label map lives in GPU memory: a CUDA torch tensor, a CuPy array, or any object
+    with ``__cuda_array_interface__``. The one test that separates the host and device paths."""
+    if is_torch_tensor(x):
+        return x.is_cuda
+    return hasattr(x, "__cuda_array_interface__")
+
+
 def as_array(x, *, what: str, loc: str) -> np.ndarray:
-    """A host NumPy view of a label map (torch CPU tensors and array-likes without copies)."""
+    """A host NumPy view of a label map, without a copy.
+
+    NumPy arrays pass through; torch CPU tensors become their ``.numpy()`` view (any strides);
+    other array-likes go through ``np.asarray``. The dtype is not checked here.
+
+    Raises
+    ------
+    InputError
+        The map is on a GPU (:func:`on_device`), or is a tensor without a NumPy view (bfloat16,
+        sparse, meta).
+    """
     if isinstance(x, np.ndarray):
         return x
-    if hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False):
+    if on_device(x):
         raise InputError(f"{loc}: the {what} map is on a GPU; device arrays are taken by the GPU "
                          "path (fastpq's torch/CuPy support), not by the NumPy path")
-    if hasattr(x, "numpy") and hasattr(x, "detach"):  # torch.Tensor on the CPU
-        return x.detach().numpy()
+    if is_torch_tensor(x):
+        try:
+            return x.detach().numpy()
+        except (TypeError, RuntimeError) as e:
+            raise InputError(f"{loc}: the {what} map, a {x.dtype} tensor ({x.layout}, on "
+                             f"{x.device}), has no NumPy view: {e}") from None
     try:
         return np.asarray(x)
     except Exception as e:  # pragma: no cover - exotic inputs
@@ -205,7 +235,13 @@ def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
         split=lambda ids: _split_shifted(ids, split, void), void_label=void,
         thing_instance_zero=convention.thing_instance_zero, to_user_id=lambda i: i - 1,
         image_index=image_index, image_id=image_id)
-    return PreparedImage(mapped, gt_table, pred_table, original_ids=lambda ids: ids - 1)
+    if convention.name == "pairs":  # a pair-map segment's own id is its [category, instance]
+        def original_ids(ids):
+            return np.stack(split(ids - 1), axis=-1)
+    else:
+        def original_ids(ids):
+            return ids - 1
+    return PreparedImage(mapped, gt_table, pred_table, original_ids=original_ids)
 
 
 def _split_shifted(ids, split, void):
@@ -235,6 +271,8 @@ def split_batch(x, convention: Convention, what: str) -> Sequence:
     """One image or a batch -> a list of images."""
     if isinstance(x, (list, tuple)):
         return list(x)
+    if is_torch_tensor(x) and not on_device(x):
+        x = as_array(x, what=what, loc="batch")  # slice NumPy views, compare NumPy dtypes
     ndim = getattr(x, "ndim", None)
     if ndim is None:
         raise InputError(f"the {what} input must be an array or a list of arrays, not {type(x).__name__}")

@@ -9,6 +9,8 @@ with n = 0 gives pq = sq = rq = 0.0 where the reference raises ZeroDivisionError
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass
 
@@ -50,6 +52,16 @@ class SplitScore:
         return {"pq": self.pq, "sq": self.sq, "rq": self.rq, "n": self.n}
 
 
+def _torchmetrics_scores(tp: int, fp: int, fn: int, iou: float) -> tuple[float, float, float]:
+    """torchmetrics' per-class compute: its int32 counts times 0.5 are float32 tensors, so the
+    denominator and ``rq`` are float32; ``sq`` is float64 and ``pq = sq * rq`` (SPEC §3.2, §3.3)."""
+    half = np.float32(0.5)
+    den = np.float32(tp) + half * np.float32(fp) + half * np.float32(fn)
+    rq = float(np.float32(tp) / den)
+    sq = iou / tp if tp != 0 else 0.0
+    return sq * rq, sq, rq
+
+
 class PQResult:
     """Panoptic Quality of a set of images.
 
@@ -59,13 +71,21 @@ class PQResult:
         ``.pq``, ``.sq``, ``.rq`` as fractions in [0, 1] (the reference's scale) and ``.n``.
     per_class : dict[int, ClassScore]
         Keyed by category id, in category-table order; absent categories score 0.0.
-    per_image : list or None
-        Per-image records when asked for (``per_image=True``).
+    per_image : list of fastpq.records.ImageRecord or None
+        Per-image records when asked for (``per_image=True``), in input order.
+    metric : {'pq', 'pq_dagger'}
+        What was scored (:mod:`fastpq.variants`); for 'pq_dagger' a stuff class's ``tp`` counts
+        its ground-truth segments and its ``iou`` sums IoUs without the 0.5 threshold.
+    convention : {'panopticapi', 'torchmetrics'}
+        The rules the counts follow; under 'torchmetrics' the scores are computed as torchmetrics
+        computes them (SPEC §3.3 item 6: float32 ``rq``, ``pq = sq * rq``, float32 split RQ).
     """
 
     def __init__(self, categories: Categories, tp, fp, fn, iou, *, n_images: int = 0,
-                 per_image=None):
+                 per_image=None, metric: str = "pq", convention: str = "panopticapi"):
         self.categories = categories
+        self.metric = metric
+        self.convention = convention
         self.tp = np.asarray(tp, np.int64)
         self.fp = np.asarray(fp, np.int64)
         self.fn = np.asarray(fn, np.int64)
@@ -78,6 +98,8 @@ class PQResult:
             iou_k = float(self.iou[k])
             if tp_k + fp_k + fn_k == 0:
                 pq = sq = rq = 0.0
+            elif convention == "torchmetrics":
+                pq, sq, rq = _torchmetrics_scores(tp_k, fp_k, fn_k, iou_k)
             else:
                 den = tp_k + 0.5 * fp_k + 0.5 * fn_k
                 pq = iou_k / den
@@ -101,6 +123,8 @@ class PQResult:
             rq += row.rq
         if n == 0:
             return SplitScore(0.0, 0.0, 0.0, 0)
+        if self.convention == "torchmetrics":  # torch.mean of its float32 per-class rq
+            return SplitScore(pq / n, sq / n, float(np.float32(rq / n)), n)
         return SplitScore(pq / n, sq / n, rq / n, n)
 
     # -- convenience -----------------------------------------------------------------------------
@@ -128,6 +152,44 @@ class PQResult:
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+    def class_rows(self) -> list[dict]:
+        """One plain dict per category, in table order: ``category_id``, ``name``,
+        ``supercategory``, ``isthing``, ``pq``, ``sq``, ``rq``, ``tp``, ``fp``, ``fn``, ``iou``."""
+        return [{"category_id": row.category_id, "name": row.name, "supercategory": sup,
+                 "isthing": row.isthing, **row.as_dict()}
+                for row, sup in zip(self.per_class.values(), self.categories.supercategories)]
+
+    def to_csv(self, path=None) -> str | None:
+        """The per-class rows (:meth:`class_rows`) as CSV with a header line.
+
+        Floats are written with ``repr`` (they read back exactly). Returns the text when
+        ``path`` is None; otherwise writes it to ``path`` (UTF-8) and returns None.
+        """
+        buffer = io.StringIO()
+        rows = self.class_rows()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        if path is None:
+            return buffer.getvalue()
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(buffer.getvalue())
+        return None
+
+    def to_pandas(self):
+        """The per-class rows (:meth:`class_rows`) as a pandas DataFrame indexed by category id.
+
+        Raises
+        ------
+        ImportError
+            pandas is not installed (``pip install pandas``).
+        """
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("PQResult.to_pandas needs pandas: pip install pandas") from e
+        return pd.DataFrame(self.class_rows()).set_index("category_id")
 
     def table(self) -> str:
         """The reference's printed table (All / Things / Stuff, percent, N)."""
