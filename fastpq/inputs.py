@@ -205,11 +205,10 @@ def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
         raise InputError(f"{loc}: the ground truth is {gt.shape[0]}x{gt.shape[1]} but the "
                          f"prediction is {pred.shape[0]}x{pred.shape[1]}")
     if convention.name == "pairs":
-        for a, what in ((gt, "ground-truth"), (pred, "predicted")):
-            if a.dtype.itemsize > 4 and a.size and (a.max() >= 2**31 or a.min() < 0):
-                raise InputError(f"{loc}: the {what} map holds a category or instance outside "
-                                 "[0, 2**31)")
-        pairs = pair_kernels.pair_counts_catinst(gt, pred)
+        try:
+            pairs = pair_kernels.pair_counts_catinst(gt, pred)
+        except ValueError as e:
+            raise InputError(f"{loc}: a label map holds {e}") from None
 
         def split(ids):
             return ids >> 32, ids & 0xFFFFFFFF

@@ -57,49 +57,59 @@ def _compact(table):
 _EMPTY = np.zeros(0, np.int64)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _scan_row(row_g, row_p, change, words, run_g, run_p, run, table, mask, n_used):
+    """Feed one row to the table. A branch-free (vectorised) pass marks where the pair changes;
+    the marks are then read eight at a time as one 64-bit word, so flat stretches cost no
+    per-pixel branch. Returns the open run (gt id, pred id, length) and the rows used."""
+    w = row_g.shape[0]
+    change[0] = (row_g[0] != run_g) | (row_p[0] != run_p)
+    for j in range(1, w):
+        change[j] = (row_g[j] != row_g[j - 1]) | (row_p[j] != row_p[j - 1])
+    pos = 0
+    limit = (mask + 1) // 2
+    for k in range(words.shape[0]):
+        marks = words[k]
+        while marks != 0:
+            # byte index of the lowest mark (little-endian words)
+            j = k * 8 + (trailing_zeros(marks) >> 3)
+            marks &= marks - np.uint64(1)
+            run += j - pos
+            if run > 0:
+                n_used += _insert(table, np.int64(run_g), np.int64(run_p), run, mask)
+                if n_used > limit:
+                    return run_g, run_p, run, n_used
+            run_g = row_g[j]
+            run_p = row_p[j]
+            run = 0
+            pos = j
+    return run_g, run_p, run + w - pos, n_used
+
+
 @njit(nogil=True, cache=True)
 def _hist_ids(gt, pred, capacity):
     """Pair histogram of two 2-D integer id maps. Returns (ok, g, p, c)."""
     table = np.zeros((capacity, 3), np.int64)
     mask = capacity - 1
-    limit = capacity // 2
-    n_used = 0
     h, w = gt.shape
     if h * w == 0:
         return True, _EMPTY, _EMPTY, _EMPTY
-    # Per row, a branch-free (vectorised) pass marks where the pair changes; the marks are then
-    # read eight at a time as one 64-bit word, so flat stretches cost no per-pixel branch.
     n_words = (w + 7) // 8
     change = np.zeros(n_words * 8, np.uint8)
     words = change.view(np.uint64)
-    run_g = gt[0, 0]
-    run_p = pred[0, 0]
-    run = 0
+    run_g, run_p, run, n_used = gt[0, 0], pred[0, 0], 0, 0
     for i in range(h):
-        row_g = gt[i]
-        row_p = pred[i]
-        change[0] = (row_g[0] != run_g) | (row_p[0] != run_p)
-        for j in range(1, w):
-            change[j] = (row_g[j] != row_g[j - 1]) | (row_p[j] != row_p[j - 1])
-        pos = 0
-        for k in range(n_words):
-            marks = words[k]
-            while marks != 0:
-                # byte index of the lowest mark (little-endian words)
-                j = k * 8 + (trailing_zeros(marks) >> 3)
-                marks &= marks - np.uint64(1)
-                run += j - pos
-                if run > 0:
-                    n_used += _insert(table, np.int64(run_g), np.int64(run_p), run, mask)
-                    if n_used > limit:
-                        return False, _EMPTY, _EMPTY, _EMPTY
-                run_g = row_g[j]
-                run_p = row_p[j]
-                run = 0
-                pos = j
-        run += w - pos
+        run_g, run_p, run, n_used = _scan_row(gt[i], pred[i], change, words, run_g, run_p, run,
+                                              table, mask, n_used)
+        if n_used > capacity // 2:
+            return False, _EMPTY, _EMPTY, _EMPTY
+    return _finish(table, run_g, run_p, run, mask, n_used)
+
+
+@njit(nogil=True, cache=True)
+def _finish(table, run_g, run_p, run, mask, n_used):
     n_used += _insert(table, np.int64(run_g), np.int64(run_p), run, mask)
-    if n_used > limit:
+    if n_used > (mask + 1) // 2:
         return False, _EMPTY, _EMPTY, _EMPTY
     g, p, c = _compact(table)
     return True, g, p, c
@@ -110,63 +120,60 @@ def _hist_rgb(gt, pred, capacity):
     """Pair histogram of two (H, W, 3) uint8 RGB maps, ids = R + 256 G + 65536 B."""
     table = np.zeros((capacity, 3), np.int64)
     mask = capacity - 1
-    limit = capacity // 2
-    n_used = 0
     h, w = gt.shape[0], gt.shape[1]
     if h * w == 0:
         return True, _EMPTY, _EMPTY, _EMPTY
-    run_g = np.int64(-1)
-    run_p = np.int64(-1)
-    run = 0
+    n_words = (w + 7) // 8
+    change = np.zeros(n_words * 8, np.uint8)
+    words = change.view(np.uint64)
+    row_g = np.empty(w, np.int32)
+    row_p = np.empty(w, np.int32)
+    run_g, run_p, run, n_used = np.int32(-1), np.int32(-1), 0, 0
     for i in range(h):
         for j in range(w):
-            g = np.int64(gt[i, j, 0]) | (np.int64(gt[i, j, 1]) << 8) | (np.int64(gt[i, j, 2]) << 16)
-            p = (np.int64(pred[i, j, 0]) | (np.int64(pred[i, j, 1]) << 8)
-                 | (np.int64(pred[i, j, 2]) << 16))
-            if g == run_g and p == run_p:
-                run += 1
-            else:
-                if run > 0:
-                    n_used += _insert(table, run_g, run_p, run, mask)
-                    if n_used > limit:
-                        return False, _EMPTY, _EMPTY, _EMPTY
-                run_g, run_p, run = g, p, 1
-    n_used += _insert(table, run_g, run_p, run, mask)
-    if n_used > limit:
-        return False, _EMPTY, _EMPTY, _EMPTY
-    g, p, c = _compact(table)
-    return True, g, p, c
+            row_g[j] = (np.int32(gt[i, j, 0]) | (np.int32(gt[i, j, 1]) << 8)
+                        | (np.int32(gt[i, j, 2]) << 16))
+            row_p[j] = (np.int32(pred[i, j, 0]) | (np.int32(pred[i, j, 1]) << 8)
+                        | (np.int32(pred[i, j, 2]) << 16))
+        run_g, run_p, run, n_used = _scan_row(row_g, row_p, change, words, run_g, run_p, run,
+                                              table, mask, n_used)
+        if n_used > capacity // 2:
+            return False, _EMPTY, _EMPTY, _EMPTY
+    return _finish(table, run_g, run_p, run, mask, n_used)
 
 
 @njit(nogil=True, cache=True)
 def _hist_catinst(gt, pred, capacity):
-    """Pair histogram of two (H, W, 2) [category, instance] maps; id = category << 32 | instance."""
+    """Pair histogram of two (H, W, 2) [category, instance] maps; id = category << 32 | instance.
+    Returns (status, g, p, c): status 1 = done, 0 = table full, -1 = a value outside [0, 2**31)."""
     table = np.zeros((capacity, 3), np.int64)
     mask = capacity - 1
-    limit = capacity // 2
-    n_used = 0
     h, w = gt.shape[0], gt.shape[1]
     if h * w == 0:
-        return True, _EMPTY, _EMPTY, _EMPTY
-    run_g = np.int64(gt[0, 0, 0]) << 32 | np.int64(gt[0, 0, 1])
-    run_p = np.int64(pred[0, 0, 0]) << 32 | np.int64(pred[0, 0, 1])
-    run = 0
+        return 1, _EMPTY, _EMPTY, _EMPTY
+    n_words = (w + 7) // 8
+    change = np.zeros(n_words * 8, np.uint8)
+    words = change.view(np.uint64)
+    row_g = np.empty(w, np.int64)
+    row_p = np.empty(w, np.int64)
+    low = np.int64(0x7FFFFFFF)
+    run_g, run_p, run, n_used = np.int64(-1), np.int64(-1), 0, 0
     for i in range(h):
+        outside = np.int64(0)
         for j in range(w):
-            g = (np.int64(gt[i, j, 0]) << 32) | np.int64(gt[i, j, 1])
-            p = (np.int64(pred[i, j, 0]) << 32) | np.int64(pred[i, j, 1])
-            if g == run_g and p == run_p:
-                run += 1
-            else:
-                n_used += _insert(table, run_g, run_p, run, mask)
-                if n_used > limit:
-                    return False, _EMPTY, _EMPTY, _EMPTY
-                run_g, run_p, run = g, p, 1
-    n_used += _insert(table, run_g, run_p, run, mask)
-    if n_used > limit:
-        return False, _EMPTY, _EMPTY, _EMPTY
-    g, p, c = _compact(table)
-    return True, g, p, c
+            gc, gi = np.int64(gt[i, j, 0]), np.int64(gt[i, j, 1])
+            pc, pi = np.int64(pred[i, j, 0]), np.int64(pred[i, j, 1])
+            outside |= (gc | gi | pc | pi) & ~low
+            row_g[j] = (gc << 32) | gi
+            row_p[j] = (pc << 32) | pi
+        if outside != 0:
+            return -1, _EMPTY, _EMPTY, _EMPTY
+        run_g, run_p, run, n_used = _scan_row(row_g, row_p, change, words, run_g, run_p, run,
+                                              table, mask, n_used)
+        if n_used > capacity // 2:
+            return 0, _EMPTY, _EMPTY, _EMPTY
+    ok, g, p, c = _finish(table, run_g, run_p, run, mask, n_used)
+    return np.int64(ok), g, p, c
 
 
 def _run(kernel, gt, pred, capacity):
@@ -202,8 +209,20 @@ def pair_counts_rgb(gt: np.ndarray, pred: np.ndarray, capacity: int = INITIAL_CA
 
 def pair_counts_catinst(gt: np.ndarray, pred: np.ndarray, capacity: int = INITIAL_CAPACITY):
     """As :func:`pair_counts` for (H, W, 2) [category, instance] maps; ids are
-    ``category << 32 | instance`` (both must be in [0, 2**31))."""
-    return _run(_hist_catinst, gt, pred, capacity)
+    ``category << 32 | instance``.
+
+    Raises
+    ------
+    ValueError
+        A category or instance outside [0, 2**31).
+    """
+    while True:
+        status, g, p, c = _hist_catinst(gt, pred, capacity)
+        if status == 1:
+            return g, p, c
+        if status < 0:
+            raise ValueError("a category or instance outside [0, 2**31)")
+        capacity *= 4
 
 
 def marginals(ids: np.ndarray, counts: np.ndarray):

@@ -136,3 +136,16 @@ def test_divisor_unknown_category():
 
 def test_errors_are_value_errors():
     assert issubclass(SegmentError, ValueError) and issubclass(InputError, ValueError)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint32, np.uint64])
+@pytest.mark.parametrize("value", [-1, 2**31, 2**40])
+def test_pair_maps_outside_int31_refused(dtype, value):
+    g = np.zeros((3, 9, 2), np.int64)
+    g[:, 4:, 0] = 1
+    p = g.copy()
+    p[2, 7, 1] = value
+    if value < 0 and np.dtype(dtype).kind == "u" or value >= 2**32 and dtype == np.uint32:
+        pytest.skip("not representable in this dtype")
+    with pytest.raises(InputError, match=r"image 0.*outside \[0, 2\*\*31\)"):
+        fastpq.evaluate(g.astype(dtype), p.astype(dtype), categories={"things": [1], "stuff": [2]})
