@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -59,11 +60,19 @@ def pair_annotations(gt_json: dict, pred_json: dict, gt_file, pred_file) -> list
     return matched
 
 
-def _read(path, image_id, role):
-    from .png import read_ids
+_BUFFERS = threading.local()
 
+
+def _read(path, image_id, role):
+    """The ids of one PNG, in this thread's reused buffer for ``role`` (valid until the thread
+    reads the next image of that role)."""
+    from .png import IdBuffer, read_ids
+
+    buffers = getattr(_BUFFERS, "by_role", None)
+    if buffers is None:
+        buffers = _BUFFERS.by_role = {"ground-truth": IdBuffer(), "predicted": IdBuffer()}
     try:
-        return read_ids(path)
+        return read_ids(path, out=buffers[role])
     except FileNotFoundError:
         raise FileNotFoundError(f"image id {image_id!r}: the {role} PNG {path} does not exist") from None
     except DecodeError as e:

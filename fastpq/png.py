@@ -29,6 +29,7 @@ import io
 import os
 import re
 import struct
+import threading
 import zlib
 from typing import NamedTuple
 
@@ -78,9 +79,10 @@ def read_ids(path, out=None):
     ----------
     path : str or os.PathLike
         The PNG file.
-    out : ndarray of uint32, shape (H, W), optional
+    out : ndarray of uint32, shape (H, W), or IdBuffer, optional
         Where to write the ids (any strides, e.g. a slice of a padded batch buffer), so that
-        memory is reused across images; partly overwritten when decoding fails. A new array is
+        memory is reused across images; partly overwritten when decoding fails. An
+        :class:`IdBuffer` provides a view of its memory in the image's shape. A new array is
         allocated when omitted.
 
     Returns
@@ -307,7 +309,7 @@ def _inflate(stream, expected):
     too_long = f"the zlib stream holds more than the {expected} bytes of the image"
     if imagecodecs is not None and imagecodecs.DEFLATE.available:
         try:
-            return imagecodecs.deflate_decode(stream, out=np.empty(expected, np.uint8))
+            return imagecodecs.deflate_decode(stream, out=_scanline_buffer(expected))
         except imagecodecs.DeflateError as error:
             if "INSUFFICIENT_SPACE" in str(error):
                 return too_long
@@ -324,10 +326,43 @@ def _inflate(stream, expected):
     return np.frombuffer(raw, np.uint8)
 
 
+class IdBuffer:
+    """Memory that successive decodes reuse, as ``read_ids(path, out=buffer)``: the ids of the
+    last image read are a view of it, valid until the next read into the same buffer.
+
+    Reading into fresh arrays costs a page fault per 4 kB on first touch (large NumPy
+    arrays are mapped from the OS and returned to it when freed), which is as much as the decode
+    itself for a panoptic PNG. One buffer per thread and per role (ground truth, prediction).
+    """
+
+    def __init__(self):
+        self._memory = np.empty(0, np.uint32)
+
+    def take(self, height: int, width: int) -> np.ndarray:
+        """A (height, width) uint32 view, growing the memory when the image is larger."""
+        if self._memory.size < height * width:
+            self._memory = np.empty(height * width, np.uint32)
+        return self._memory[: height * width].reshape(height, width)
+
+
+_SCANLINES = threading.local()
+
+
+def _scanline_buffer(size: int) -> np.ndarray:
+    """This thread's inflate output buffer (the scanlines never leave a decode)."""
+    memory = getattr(_SCANLINES, "memory", None)
+    if memory is None or memory.size < size:
+        memory = _SCANLINES.memory = np.empty(size, np.uint8)
+    return memory[:size]
+
+
 def _output(out, height, width, name):
-    """``out`` checked against the image's shape, or a new (height, width) uint32 array."""
+    """``out`` checked against the image's shape, a view of an :class:`IdBuffer`, or a new
+    (height, width) uint32 array."""
     if out is None:
         return np.empty((height, width), np.uint32)
+    if isinstance(out, IdBuffer):
+        return out.take(height, width)
     if (
         not isinstance(out, np.ndarray)
         or out.dtype != np.uint32

@@ -66,11 +66,7 @@ def coco_table(segments_info: Sequence[Mapping], categories: Categories, *, side
     """
     loc = where(image_index, image_id, file)
     name = "ground-truth" if side == "gt" else "predicted"
-    n = len(segments_info)
-    ids = np.empty(n, np.int64)
-    cats = np.empty(n, np.int64)
-    crowd = np.zeros(n, bool)
-    area = np.empty(n, np.float64) if need_area else None
+    ids, cats, crowd, area = [], [], [], []
     index = categories._index_map()
     seen: set = set()
     for k, seg in enumerate(segments_info):
@@ -87,21 +83,24 @@ def coco_table(segments_info: Sequence[Mapping], categories: Categories, *, side
         if side == "gt" and sid == 0:
             raise SegmentError(f"{loc}: ground-truth segment id 0 is listed in segments_info, but 0 "
                                "is VOID in the COCO panoptic format")
-        ids[k] = sid
+        ids.append(sid)
         c = index.get(cid, -1)
         if c < 0 and unknown_category == "error":
             raise SegmentError(f"{loc}: {name} segment {sid} has unknown category_id {cid!r} "
                                f"(not in the category table)")
-        cats[k] = c
+        cats.append(c)
         if side == "gt":
             if "iscrowd" not in seg:
                 raise SegmentError(f"{loc}: ground-truth segment {sid} has no 'iscrowd' key")
-            crowd[k] = seg["iscrowd"] == 1
+            crowd.append(seg["iscrowd"] == 1)
             if need_area:
                 if "area" not in seg:
                     raise SegmentError(f"{loc}: ground-truth segment {sid} has no 'area' key")
-                area[k] = seg["area"]
-    return SegmentTable(ids, cats, crowd, area)
+                area.append(seg["area"])
+    n = len(ids)
+    return SegmentTable(np.array(ids, np.int64).reshape(n), np.array(cats, np.int64).reshape(n),
+                        np.array(crowd, bool).reshape(n) if side == "gt" else np.zeros(n, bool),
+                        np.array(area, np.float64).reshape(n) if need_area else None)
 
 
 def derived_tables(gt_ids: np.ndarray, pred_ids: np.ndarray, categories: Categories, *,

@@ -225,7 +225,16 @@ def pair_counts_catinst(gt: np.ndarray, pred: np.ndarray, capacity: int = INITIA
         capacity *= 4
 
 
-def marginals(ids: np.ndarray, counts: np.ndarray):
+@njit(nogil=True, cache=True)
+def marginals(ids, counts):
     """Areas per distinct id from one side of a pair table: (unique ids ascending, areas)."""
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    return uniq, np.bincount(inverse, weights=counts, minlength=uniq.size).astype(np.int64)
+    order = np.argsort(ids, kind="mergesort")
+    uniq = np.empty(ids.size, np.int64)
+    areas = np.zeros(ids.size, np.int64)
+    n = 0
+    for k in order:
+        if n == 0 or ids[k] != uniq[n - 1]:
+            uniq[n] = ids[k]
+            n += 1
+        areas[n - 1] += counts[k]
+    return uniq[:n].copy(), areas[:n].copy()

@@ -95,7 +95,8 @@ def test_evaluate_many_locally_equals_separate_runs_and_decodes_gt_once(tmp_path
 
     reads = []
     read_ids = fastpq.png.read_ids
-    monkeypatch.setattr(fastpq.png, "read_ids", lambda path: reads.append(path) or read_ids(path))
+    monkeypatch.setattr(fastpq.png, "read_ids",
+                        lambda path, out=None: reads.append(path) or read_ids(path, out=out))
     results = fastpq.evaluate_many(base["gt_json"], {"base": base["pred_json"],
                                                      "worse": worse["pred_json"]}, workers=2)
     assert list(results) == ["base", "worse"]

@@ -664,3 +664,16 @@ def test_threads_decode_independently(tmp_path):
         thread.join()
     for got, ids in zip(results, images):
         np.testing.assert_array_equal(got, ids)
+
+
+def test_id_buffer_reused_and_grown_across_sizes():
+    buffer = fastpng.IdBuffer()
+    seen = []
+    for k, (height, width) in enumerate([(5, 7), (3, 4), (9, 11), (2, 2)]):
+        ids = panoptic_ids(height, width, seed=k)
+        got = read_ids_bytes(pillow_png(to_rgb(ids)), out=buffer)
+        np.testing.assert_array_equal(got, ids)
+        assert got.shape == (height, width) and got.flags.c_contiguous
+        seen.append(got.base if got.base is not None else got)
+    assert seen[0] is seen[1]  # the smaller image reuses the memory of the first
+    assert seen[2] is seen[3]  # which grew for the larger one and is reused again
