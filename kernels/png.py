@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 #: PNG filter types (the first byte of every scanline).
 FILTER_NONE, FILTER_SUB, FILTER_UP, FILTER_AVERAGE, FILTER_PAETH = 0, 1, 2, 3, 4
@@ -104,13 +105,19 @@ def _none_row(samples, bytes_per_pixel, row):
 
 
 @njit(nogil=True, cache=True)
-def _sub_row(samples, bytes_per_pixel, row):
-    left = np.int64(0)
+def _sub_row(samples, bytes_per_pixel, row, marks, positions):
+    # A pixel whose filtered samples are 0 repeats the pixel to its left.
     for x in range(row.shape[0]):
-        sample = _sample(samples, bytes_per_pixel, x)
-        if sample != 0:
-            left = _add_lanes(sample, left)
+        marks[x] = _sample(samples, bytes_per_pixel, x) != 0
+    left = np.int64(0)
+    pos = 0
+    for i in range(_marked(marks, row.shape[0], positions)):
+        x = positions[i]
+        row[pos:x] = left
+        left = _add_lanes(_sample(samples, bytes_per_pixel, x), left)
         row[x] = left
+        pos = x + 1
+    row[pos:] = left
 
 
 @njit(nogil=True, cache=True)
@@ -134,17 +141,45 @@ def _average_row(samples, bytes_per_pixel, row, above):
 
 
 @njit(nogil=True, cache=True)
-def _paeth_row(samples, bytes_per_pixel, row, above):
+def _paeth_row(samples, bytes_per_pixel, row, above, marks, positions):
+    # Where the row above is flat (b == c) the predictor is the left pixel, so a pixel with
+    # filtered samples 0 there repeats the pixel to its left.
+    width = row.shape[0]
+    if width == 0:
+        return
+    marks[0] = True
+    for x in range(1, width):
+        marks[x] = (above[x] != above[x - 1]) | (_sample(samples, bytes_per_pixel, x) != 0)
     left = np.int64(0)
-    up_left = np.int64(0)
-    for x in range(row.shape[0]):
+    pos = 0
+    for i in range(_marked(marks, width, positions)):
+        x = positions[i]
+        row[pos:x] = left
         up = np.int64(above[x])
+        up_left = np.int64(above[x - 1]) if x > 0 else np.int64(0)
         left = _paeth_pixel(left, up, up_left)
         sample = _sample(samples, bytes_per_pixel, x)
         if sample != 0:
             left = _add_lanes(sample, left)
         row[x] = left
-        up_left = up
+        pos = x + 1
+    row[pos:] = left
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _marked(marks, n, positions):
+    """Write into ``positions`` the indices ``x < n`` whose mark is set, ascending, reading the
+    marks eight at a time; returns how many."""
+    marks[n:] = False
+    words = marks.view(np.uint64)
+    count = 0
+    for k in range((n + 7) // 8):
+        word = words[k]
+        while word != 0:
+            positions[count] = k * 8 + (trailing_zeros(word) >> 3)
+            count += 1
+            word &= word - np.uint64(1)
+    return count
 
 
 @njit(nogil=True, cache=True)
@@ -181,6 +216,8 @@ def _unfilter_rows(scanlines, bytes_per_pixel, ids):
     height, width = ids.shape
     stride = 1 + width * bytes_per_pixel
     above_first_row = np.zeros(width, np.uint32)  # the specification's row of zeros
+    marks = np.zeros((width + 7) // 8 * 8, np.bool_)  # Sub and Paeth rows: pixels to compute
+    positions = np.empty(width, np.int32)
     for y in range(height):
         start = y * stride
         filter_type = scanlines[start]
@@ -190,13 +227,13 @@ def _unfilter_rows(scanlines, bytes_per_pixel, ids):
         if filter_type == FILTER_NONE:
             _none_row(samples, bytes_per_pixel, row)
         elif filter_type == FILTER_SUB:
-            _sub_row(samples, bytes_per_pixel, row)
+            _sub_row(samples, bytes_per_pixel, row, marks, positions)
         elif filter_type == FILTER_UP:
             _up_row(samples, bytes_per_pixel, row, above)
         elif filter_type == FILTER_AVERAGE:
             _average_row(samples, bytes_per_pixel, row, above)
         elif filter_type == FILTER_PAETH:
-            _paeth_row(samples, bytes_per_pixel, row, above)
+            _paeth_row(samples, bytes_per_pixel, row, above, marks, positions)
         else:
             return y
     return -1
