@@ -10,6 +10,7 @@ from .categories import Categories
 from .checkpoints import evaluate_many
 from .coco import pq_compute
 from .errors import DecodeError, InputError, SegmentError
+from .evaluator import PanopticEvaluator
 from .metric import PanopticQuality
 from .result import ClassScore, PQResult, SplitScore
 from .shim import install_as_panopticapi
@@ -17,7 +18,7 @@ from .shim import install_as_panopticapi
 __version__ = "0.1.0"
 
 __all__ = [
-    "Categories", "ClassScore", "DecodeError", "InputError", "PanopticQuality", "PQAccumulator",
-    "PQResult", "SegmentError", "SplitScore", "evaluate", "evaluate_many",
+    "Categories", "ClassScore", "DecodeError", "InputError", "PanopticEvaluator", "PanopticQuality",
+    "PQAccumulator", "PQResult", "SegmentError", "SplitScore", "evaluate", "evaluate_many",
     "install_as_panopticapi", "pq_compute", "__version__",
 ]
