@@ -12,6 +12,14 @@ CUDA-event-timed runs of
 * ``histogram+match``: the same plus :func:`fastpq.gpu.match_batch`,
 * ``torch.unique``: the sort-based baseline on a 64-bit key (image << 48 | gt << 24 | pred), when
   PyTorch with CUDA is installed,
+* ``metric.update``: :meth:`fastpq.PanopticQuality.update` on the CuPy batch with COCO
+  segments_info lists (segment tables built on the host and copied, histogram, matcher, device
+  accumulation): wall-clock time per update in steady state (``--runs`` updates queued back to
+  back, then one synchronisation; the median of 5 such rounds), so host-side work counts,
+* ``torchmetrics``: ``torchmetrics.detection.PanopticQuality.update`` on the same pixels as
+  (B, H, W, 2) [category, instance] CUDA tensors (wall-clock, synchronised, median of 3), when
+  torchmetrics is installed; void pixels are category 0, declared as an extra stuff class since
+  torchmetrics refuses unknown ground-truth categories (a timing row, not a parity check),
 
 as images/s, GB/s of label maps read (8 bytes per pixel: two int32 maps) and the fraction of the
 peak bandwidth (from the device's memory clock and bus width, or ``--peak-gbs``), next to a
@@ -128,13 +136,57 @@ def median_ms(cp, function, runs: int, warmup: int = 3) -> float:
     return float(np.median(times))
 
 
+def wall_ms(cp, function, runs: int, rounds: int) -> float:
+    """Steady-state wall-clock ms per call: ``runs`` calls back to back, then a synchronisation;
+    the median over ``rounds``."""
+    import time
+
+    function()
+    cp.cuda.Device().synchronize()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(runs):
+            function()
+        cp.cuda.Device().synchronize()
+        times.append((time.perf_counter() - start) / runs * 1e3)
+    return float(np.median(times))
+
+
+def category_instance_maps(cp, torch, maps, tables, category_ids):
+    """(B, H, W, 2) [category, instance] torch tensors of id maps (void: category 0)."""
+    out = cp.zeros(maps.shape + (2,), cp.int64)
+    for b in range(maps.shape[0]):
+        n = int(tables.count[b])
+        ids = np.asarray(tables.id[b, :n], np.int64)
+        order = np.argsort(ids)
+        sorted_ids = cp.asarray(ids[order])
+        cats = cp.asarray(category_ids[np.asarray(tables.category[b, :n])[order]])
+        at = cp.minimum(cp.searchsorted(sorted_ids, maps[b]), n - 1)
+        listed = sorted_ids[at] == maps[b]
+        out[b, ..., 0] = cp.where(listed, cats[at], 0)
+        out[b, ..., 1] = cp.where(listed, maps[b], 0)
+    return torch.from_dlpack(out)
+
+
 def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float) -> None:
     """Print the rows of one batch shape."""
+    import fastpq
     from fastpq.gpu import match_batch, pair_histogram_batch
 
     n_images, height, width = shape
     gt, pred, ids = panoptic_like_batch(cp, rng, n_images, height, width)
     gt_segments, pred_segments, n_categories = segment_tables(rng, ids)
+    categories = fastpq.Categories.coco_panoptic()
+    category_ids = np.array([c["id"] for c in categories.to_coco()])
+    gsegs = [[{"id": int(gt_segments.id[b, k]),
+               "category_id": int(category_ids[gt_segments.category[b, k]]),
+               "iscrowd": int(gt_segments.iscrowd[b, k])} for k in range(int(gt_segments.count[b]))]
+             for b in range(n_images)]
+    psegs = [[{"id": int(pred_segments.id[b, k]),
+               "category_id": int(category_ids[pred_segments.category[b, k]])}
+              for k in range(int(pred_segments.count[b]))] for b in range(n_images)]
+    host_gt_segments, host_pred_segments = gt_segments, pred_segments
     gt_segments = type(gt_segments)(*(None if a is None else cp.asarray(a) for a in gt_segments))
     pred_segments = type(pred_segments)(*(None if a is None else cp.asarray(a)
                                           for a in pred_segments))
@@ -159,12 +211,33 @@ def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float) -> None
 
         rows.append(("torch.unique", torch_unique))
 
-    for label, function in rows:
-        ms = median_ms(cp, function, runs)
+    metric = fastpq.PanopticQuality(categories)
+
+    def update():
+        metric.update(gt, pred, gt_segments=gsegs, pred_segments=psegs)
+
+    timed = [(label, median_ms(cp, function, runs)) for label, function in rows]
+    timed.append(("metric.update", wall_ms(cp, update, runs, 5)))
+    result = metric.compute()  # also raises if the device refused an update
+    if torch is not None:
+        try:
+            from torchmetrics.detection import PanopticQuality as TorchmetricsPQ
+        except ImportError:
+            TorchmetricsPQ = None
+        if TorchmetricsPQ is not None:
+            things = {c["id"] for c in categories.to_coco() if c["isthing"]}
+            stuffs = set(category_ids.tolist()) - things
+            tm_gt = category_instance_maps(cp, torch, gt, host_gt_segments, category_ids)
+            tm_pred = category_instance_maps(cp, torch, pred, host_pred_segments, category_ids)
+            tm = TorchmetricsPQ(things=things, stuffs=stuffs | {0},
+                                allow_unknown_preds_category=True).to(tm_gt.device)
+            timed.append(("torchmetrics", wall_ms(cp, lambda: tm.update(tm_pred, tm_gt), 1, 3)))
+    for label, ms in timed:
         gbs = read_bytes / ms / 1e6
         print(f"{f'{n_images}x{height}x{width}':>16}  {label:<16} {ms:8.3f} "
               f"{n_images / ms * 1e3:10.0f} {gbs:8.0f} "
               f"{(f'{gbs / peak:.0%}' if peak else '-'):>8} {gbs / copy_gbs:8.0%}")
+    print(f"  metric: {result.n_images} images, PQ {100 * result.pq:.2f}")
 
     tables = pair_histogram_batch(gt, pred)
     status = tables.status.get()

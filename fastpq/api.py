@@ -9,8 +9,8 @@ from typing import Sequence
 from .accumulator import PQAccumulator
 from .categories import Categories
 from .errors import InputError
-from .inputs import (Convention, PreparedImage, pick_convention, prepare_coco, prepare_encoded,
-                     split_batch, split_segments)
+from .inputs import (Convention, PreparedImage, host_maps, pick_convention, prepare_coco,
+                     prepare_encoded, split_batch, split_segments)
 from .matching import match_image
 
 
@@ -34,6 +34,11 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
         * divisor: (H, W) maps of ``category * label_divisor + instance``.
 
         In the last two, category ``void_label`` is void; see ``thing_instance_zero``.
+
+        Maps in GPU memory (CUDA torch tensors, CuPy arrays) are copied to the host first: one
+        copy, and one wait for the device, per stacked batch (per map for a list). For
+        evaluation without host copies, feed them to :class:`fastpq.PanopticQuality`, whose
+        ``update`` runs on the GPU.
     categories : Categories, COCO categories list, {'things': [...], 'stuff': [...]} or preset
         The category table ('coco' and 'cityscapes' are presets). Class scores are averaged in
         its order.
@@ -98,6 +103,7 @@ def iter_matches(gt, pred, *, gt_segments, pred_segments, categories: Categories
     records): what it returns for each :class:`~fastpq.inputs.PreparedImage` is yielded instead.
     It runs in the worker threads.
     """
+    gt, pred = host_maps(gt, "ground-truth"), host_maps(pred, "predicted")
     convention = pick_convention(gt, gt_segments, label_divisor, void_label, thing_instance_zero)
     gts = split_batch(gt, convention, "ground-truth")
     preds = split_batch(pred, convention, "prediction")

@@ -1,13 +1,15 @@
-"""CuPy front door of the CUDA kernels in ``kernels/pairs.cu``.
+"""CuPy front door of the CUDA kernels in ``kernels/pairs.cu`` and ``kernels/accumulate.cu``.
 
 ``pair_histogram_batch`` turns a batch of (gt, pred) label maps into sorted per-image pair tables;
 ``match_batch`` turns pair tables and segment tables into per-image, per-category tp/fp/fn and
-IoU partial sums (SPEC §2.3-2.5). Both take device arrays (CuPy arrays, or CUDA torch tensors
-through DLPack, without a copy), queue their kernels on one stream and return device arrays: they
-never wait for the device (no ``.get()``, no ``int()`` of a device value), so a training loop can
-call them every step. Reading results, and acting on the ``status`` bits (a pair table that
-overflowed, ids out of range), happens where the caller synchronises anyway, e.g. at
-``compute()``; :func:`pair_histogram_retrying` is the one function here that synchronises.
+IoU partial sums (SPEC §2.3-2.5); ``accumulate_partials`` adds those partials into the
+streaming metric's running sums on the device (``kernels/accumulate.cu``); :class:`CupyBackend`
+bundles the three for :mod:`fastpq.device_state`. They take device arrays (CuPy arrays, or CUDA
+torch tensors through DLPack, without a copy), queue their kernels on one stream and return
+device arrays: they never wait for the device (no ``.get()``, no ``int()`` of a device value),
+so a training loop can call them every step. Reading results, and acting on the ``status`` bits
+(a pair table that overflowed, ids out of range), happens where the caller synchronises anyway,
+e.g. at ``compute()``; :func:`pair_histogram_retrying` is the one function here that synchronises.
 
 CuPy is imported on first use; without it these functions raise ImportError naming the extra to
 install (``pip install fastpq[gpu]``). The CUDA source is compiled by NVRTC on first use and
@@ -42,8 +44,9 @@ from fastpq.kernels.pairs_cuda import (
 )
 
 __all__ = [
-    "MatchPartials", "PairTables", "SegmentTables", "cuda_source", "match_batch",
-    "pair_histogram_batch", "pair_histogram_retrying",
+    "CupyBackend", "MatchPartials", "PairTables", "SegmentTables", "accumulate_partials",
+    "accumulate_source", "cuda_source", "match_batch", "pair_histogram_batch",
+    "pair_histogram_retrying",
 ]
 
 _INSTALL_HINT = "fastpq's GPU path needs CuPy: pip install fastpq[gpu]"
@@ -56,6 +59,12 @@ def cuda_source() -> str:
     return resources.files("fastpq.kernels").joinpath("pairs.cu").read_text(encoding="utf-8")
 
 
+def accumulate_source() -> str:
+    """The text of ``accumulate.cu``, shipped as package data of ``fastpq.kernels``."""
+    return resources.files("fastpq.kernels").joinpath("accumulate.cu").read_text(
+        encoding="utf-8")
+
+
 def _cupy():
     try:
         import cupy
@@ -64,15 +73,16 @@ def _cupy():
     return cupy
 
 
-def _kernel(cp, name: str):
-    """A kernel of pairs.cu, compiled once per device (RawModule, NVRTC)."""
-    key = (cp.cuda.Device().id, nvrtc_options())
+def _kernel(cp, name: str, source=cuda_source):
+    """A kernel of pairs.cu (or of another ``source``), compiled once per device (RawModule,
+    NVRTC)."""
+    key = (cp.cuda.Device().id, source.__name__, nvrtc_options())
     module = _MODULES.get(key)
     if module is None:
         with _MODULES_LOCK:
             module = _MODULES.get(key)
             if module is None:
-                module = cp.RawModule(code=cuda_source(), options=key[1])
+                module = cp.RawModule(code=source(), options=key[2])
                 _MODULES[key] = module
     return module.get_function(name)
 
@@ -333,3 +343,162 @@ def match_batch(
                  tp, fp, fn, iou_sum, status),
             )
     return MatchPartials(tp, fp, fn, iou_sum, pair_iou, pair_matched, status)
+
+
+ACCUMULATE_THREADS = 128  # FASTPQ_ACCUMULATE_THREADS of accumulate.cu
+
+
+def accumulate_partials(partials: MatchPartials, state, *, update: int, stream=None) -> None:
+    """Add a batch's per-image partials into running per-category sums, on the device.
+
+    Parameters
+    ----------
+    partials : MatchPartials
+        From :func:`match_batch`: ``tp``, ``fp``, ``fn`` (B, C) int64, ``iou_sum`` (B, C) float64
+        and ``status`` (B,) int32 are read.
+    state : tuple of CuPy arrays
+        ``(tp, fp, fn, iou, iou_err, record)``: (C,) int64 counts, (C,) float64 double-double IoU
+        sums, and the (6,) int64 record of refused batches (see ``kernels/accumulate.cu``);
+        updated in place.
+    update : int
+        The number of this update, kept in ``record`` when the batch is refused.
+
+    Rows are added in image order with :meth:`fastpq.PQAccumulator.add_image`'s arithmetic; a
+    batch with any status bit set adds nothing and is counted in ``record``.
+    :func:`fastpq.device_state.accumulate_partials_host` is the NumPy twin. Nothing is
+    synchronised.
+    """
+    cp = _cupy()
+    tp, fp, fn, iou, iou_err, record = state
+    device_id = tp.device.id
+    with cp.cuda.Device(device_id), _stream(cp, stream, device_id, ()):
+        n_images, n_categories = partials.tp.shape
+        if tp.shape != (n_categories,):
+            raise ValueError(f"the state has {tp.shape[0]} categories, the partials "
+                             f"{n_categories}")
+        batch = [cp.ascontiguousarray(a) for a in (partials.tp, partials.fp, partials.fn)]
+        batch_iou = cp.ascontiguousarray(partials.iou_sum)
+        status = cp.ascontiguousarray(partials.status)
+        n_blocks = -(-n_categories // ACCUMULATE_THREADS)
+        _kernel(cp, "accumulate_partials", accumulate_source)(
+            (n_blocks,), (ACCUMULATE_THREADS,),
+            (*batch, batch_iou, status, np.int32(n_images), np.int32(n_categories),
+             np.int64(update), tp, fp, fn, iou, iou_err, record),
+        )
+
+
+class _PinnedStaging:
+    """Page-locked host buffers for host-to-device copies that never wait for the device.
+
+    A copy from pageable memory may block the host until the stream is idle; from pinned memory
+    it is queued. A buffer is reused only once the copy that last read it has completed (an event
+    query, which does not block), else another one is taken.
+    """
+
+    def __init__(self):
+        self._buffers = []  # [pinned memory, nbytes, event or None]
+        self._lock = threading.Lock()
+
+    def upload(self, cp, host: np.ndarray, stream):
+        host = np.ascontiguousarray(host)
+        device = cp.empty(host.shape, host.dtype)
+        if host.nbytes == 0:
+            return device
+        with self._lock:
+            return self._upload(cp, host, device, stream)
+
+    def _upload(self, cp, host, device, stream):
+        for entry in self._buffers:
+            if entry[1] >= host.nbytes and (entry[2] is None or entry[2].done):
+                break
+        else:
+            nbytes = max(host.nbytes, 1 << 16)
+            entry = [cp.cuda.alloc_pinned_memory(nbytes), nbytes, None]
+            self._buffers.append(entry)
+        staged = np.ndarray(host.nbytes, np.uint8, buffer=entry[0])  # as cupyx.empty_pinned
+        staged[:] = host.view(np.uint8).reshape(-1)
+        device.data.copy_from_host_async(entry[0].ptr, host.nbytes, stream)
+        event = cp.cuda.Event(block=False, disable_timing=True)
+        event.record(stream)
+        entry[2] = event
+        return device
+
+
+class CupyBackend:
+    """The device half of :class:`fastpq.PanopticQuality` on CuPy: one device and one stream.
+
+    Used by :mod:`fastpq.device_state` (which also has the CPU twin, ``EmulatedBackend``). Every
+    method queues work and returns; only :meth:`download` synchronises (with this stream).
+    ``with backend:`` makes the device and stream current.
+
+    Parameters
+    ----------
+    device_id : int
+    stream : CuPy stream, torch stream or cudaStream_t, optional
+        Default: torch's current stream when ``maps`` holds torch tensors, else CuPy's current
+        stream.
+    maps : sequence
+        The label maps of the update (they pick the default stream).
+    """
+
+    def __init__(self, device_id: int, stream=None, maps=()):
+        cp = _cupy()
+        self.xp = cp
+        self.device_id = int(device_id)
+        self.stream = _stream(cp, stream, self.device_id, tuple(maps))
+        self.key = ("cuda", self.device_id)
+        self._contexts = []
+
+    @classmethod
+    def for_maps(cls, maps) -> "CupyBackend":
+        """The backend of the device the first map lives on."""
+        cp = _cupy()
+        return cls(_device_id(cp, maps[0]), maps=maps)
+
+    def __enter__(self):
+        device = self.xp.cuda.Device(self.device_id)
+        device.__enter__()
+        self.stream.__enter__()
+        self._contexts.append(device)
+        return self
+
+    def __exit__(self, *exc):
+        self.stream.__exit__(*exc)
+        self._contexts.pop().__exit__(*exc)
+
+    def as_array(self, value):
+        """A CuPy view of a CuPy array or CUDA torch tensor (no copy)."""
+        return _as_device_array(self.xp, value)
+
+    def histogram(self, gt, pred, capacity: int) -> PairTables:
+        return pair_histogram_batch(gt, pred, capacity=capacity, stream=self.stream)
+
+    def match(self, pairs, gt_segments, pred_segments, n_categories: int) -> MatchPartials:
+        return match_batch(pairs, gt_segments, pred_segments, n_categories, stream=self.stream)
+
+    def accumulate(self, partials, state, update: int) -> None:
+        accumulate_partials(partials, state, update=update, stream=self.stream)
+
+    def upload(self, host: np.ndarray):
+        """A device copy of a host array, queued on the stream from pinned memory."""
+        staging = _STAGING.setdefault(self.device_id, _PinnedStaging())
+        with self.xp.cuda.Device(self.device_id):
+            return staging.upload(self.xp, host, self.stream)
+
+    def download(self, array) -> np.ndarray:
+        """A host copy (synchronises with the stream)."""
+        return array.get(stream=self.stream)
+
+    def marker(self):
+        """An event after the work queued so far (see :meth:`wait_for`)."""
+        event = self.xp.cuda.Event(block=False, disable_timing=True)
+        event.record(self.stream)
+        return event
+
+    def wait_for(self, marker) -> None:
+        """Make this stream wait (on the device, not the host) for another stream's marker."""
+        if marker is not None:
+            self.stream.wait_event(marker)
+
+
+_STAGING: dict = {}

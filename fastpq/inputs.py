@@ -70,23 +70,60 @@ def on_device(x) -> bool:
     return hasattr(x, "__cuda_array_interface__")
 
 
-def as_array(x, *, what: str, loc: str) -> np.ndarray:
-    """A host NumPy view of a label map, without a copy.
+def to_host(x, *, what: str, loc: str):
+    """A host copy of a label map in GPU memory (:func:`on_device`).
 
-    NumPy arrays pass through; torch CPU tensors become their ``.numpy()`` view (any strides);
-    other array-likes go through ``np.asarray``. The dtype is not checked here.
+    CUDA torch tensors become CPU tensors (``.cpu()``), CuPy arrays and other objects with
+    ``__cuda_array_interface__`` NumPy arrays (through CuPy). The copy waits for the device: one
+    host-device synchronisation per call.
 
     Raises
     ------
     InputError
-        The map is on a GPU (:func:`on_device`), or is a tensor without a NumPy view (bfloat16,
-        sparse, meta).
+        The copy failed, or needs CuPy and CuPy is not installed.
+    """
+    if is_torch_tensor(x):
+        return x.detach().cpu()
+    try:
+        import cupy
+    except ImportError:
+        raise InputError(f"{loc}: the {what} map is in GPU memory (a {type(x).__name__}); "
+                         "copying it to the host needs CuPy: pip install fastpq[gpu]") from None
+    try:
+        return cupy.asnumpy(x if isinstance(x, cupy.ndarray) else cupy.asarray(x))
+    except Exception as e:
+        raise InputError(f"{loc}: the {what} map is in GPU memory and could not be copied to "
+                         f"the host: {e}") from None
+
+
+def host_maps(x, what: str):
+    """An update's maps (one array or a list) with every GPU map copied to the host: one copy
+    (and synchronisation) for a stacked batch, one per map for a list."""
+    if isinstance(x, (list, tuple)):
+        return [to_host(m, what=what, loc=where(k)) if on_device(m) else m
+                for k, m in enumerate(x)]
+    return to_host(x, what=what, loc="batch") if on_device(x) else x
+
+
+def as_array(x, *, what: str, loc: str) -> np.ndarray:
+    """A host NumPy view of a label map, without a copy for host maps.
+
+    NumPy arrays pass through; torch CPU tensors become their ``.numpy()`` view (any strides);
+    maps in GPU memory (:func:`on_device`) are copied to the host first (:func:`to_host`, a
+    synchronisation); other array-likes go through ``np.asarray``. The dtype is not checked here.
+
+    Raises
+    ------
+    InputError
+        A GPU map that cannot be copied, or a tensor without a NumPy view (bfloat16, sparse,
+        meta).
     """
     if isinstance(x, np.ndarray):
         return x
     if on_device(x):
-        raise InputError(f"{loc}: the {what} map is on a GPU; device arrays are taken by the GPU "
-                         "path (fastpq's torch/CuPy support), not by the NumPy path")
+        x = to_host(x, what=what, loc=loc)
+        if isinstance(x, np.ndarray):
+            return x
     if is_torch_tensor(x):
         try:
             return x.detach().numpy()

@@ -7,6 +7,11 @@ result of one ``evaluate`` call on all of them. The state is one
 :class:`~fastpq.accumulator.PQAccumulator`: a few arrays over the categories, whatever the number
 of images. Under ``torch.distributed``, ``compute`` reduces it across ranks
 (:mod:`fastpq.distributed`); torch is needed only then.
+
+COCO-convention updates with maps in GPU memory (CUDA torch tensors, CuPy arrays) run on the GPU
+instead (:mod:`fastpq.device_state`): pair histogram, matcher and accumulation are queued on the
+device and ``update`` returns without waiting for them; the state comes back to the host, with
+the same bits, when it is read.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from .categories import Categories
 from .distributed import is_distributed, reduce_accumulator
 from .errors import InputError
 from .inputs import Convention
+from .kernels.pairs_cuda import DEFAULT_CAPACITY, capacity_log2
 from .result import PQResult
 from .variants import Scoring
 
@@ -47,19 +53,44 @@ class PanopticQuality:
         As in :func:`fastpq.evaluate` (Parsing Covering is ``evaluate(..., metric='pc')``).
     convention : {'panopticapi', 'torchmetrics'}
         As in :func:`fastpq.evaluate`.
+    pair_capacity : int
+        GPU path: distinct (gt id, pred id) pairs an image may have (rounded up to a power of
+        two; default 8192, far above the few hundred of COCO or Cityscapes images). The pair
+        tables take about ``B * pair_capacity * 56`` bytes of GPU memory per update of B images.
+        An image with more pairs makes ``compute()`` raise an InputError that names it.
 
     Raises
     ------
     fastpq.errors.InputError
         An unknown category preset, an empty or inconsistent category table, a non-positive
         ``label_divisor``, an unknown ``thing_instance_zero``, ``metric`` or ``convention``.
+    ValueError
+        ``pair_capacity`` outside [1, 2**30].
 
     Notes
     -----
-    Label maps are read on the host: NumPy arrays and torch CPU tensors (contiguous or not) are
-    read in place, without copies; maps in GPU memory (CUDA tensors, CuPy arrays) are refused
-    with an InputError. The metric is picklable; the process group is not pickled (an unpickled
-    metric uses the default group).
+    Host maps (NumPy arrays, torch CPU tensors, contiguous or not) are read in place, without
+    copies.
+
+    GPU maps (CUDA torch tensors, CuPy arrays) in the COCO convention (id or RGB maps with
+    segments_info), with the default metric and convention and without ``per_image``, are
+    evaluated on their GPU (CuPy needed: ``pip install fastpq[gpu]``): ``update`` builds the
+    segment tables on the host, copies them to the device (one copy from pinned memory), queues
+    the kernels on the maps' stream (torch's current stream for tensors, CuPy's for CuPy arrays)
+    and returns without waiting for the device. The running sums stay on the device until the
+    metric is read (``compute``, ``sync``, ``state_dict``, ``merge``, pickling, or an update
+    with host maps), which synchronises once. The numbers are bitwise those of the host path.
+    Checked on the host at ``update``: shapes, dtypes and segments_info. Checked on the device,
+    raised at the next ``compute``/``sync`` (the refused update adds nothing): too many distinct
+    pairs for ``pair_capacity``, ids outside [0, 2**31), predicted ids in a map but not in its
+    segments_info, listed predicted segments without pixels. Not checked on the GPU path (the
+    host path refuses them): GT ids missing from segments_info (counted as non-void, as
+    panopticapi does), listed GT segments without pixels (false negatives), ids in
+    [2**24, 2**31). GPU maps in other cases (pairs or divisor convention, ``per_image``, other
+    metrics or conventions) are copied to the host (a synchronisation) and take the host path.
+
+    The metric is picklable; the process group is not pickled (an unpickled metric uses the
+    default group).
 
     Examples
     --------
@@ -72,8 +103,11 @@ class PanopticQuality:
 
     def __init__(self, categories, *, label_divisor: int | None = None, void_label: int = 0,
                  thing_instance_zero: str = "crowd", device=None, process_group=None,
-                 metric: str = "pq", convention: str = "panopticapi"):
+                 metric: str = "pq", convention: str = "panopticapi",
+                 pair_capacity: int = DEFAULT_CAPACITY):
         self.categories = Categories.coerce(categories)
+        capacity_log2(pair_capacity)  # refuses a bad capacity now
+        self.pair_capacity = int(pair_capacity)
         # refuse bad options now rather than at the first update
         Convention("pairs" if label_divisor is None else "divisor", label_divisor, void_label,
                    thing_instance_zero)
@@ -90,6 +124,42 @@ class PanopticQuality:
         self.device = device
         self.process_group = process_group
         self._acc = PQAccumulator(self.categories)
+        self._device = None  # DeviceAccumulator while the state lives on a GPU
+        self._refused = None  # RefusedUpdates found on the device, raised by sync()
+        self._n_updates = 0
+
+    # attributes of metrics pickled before the GPU path existed
+    _device = None
+    _refused = None
+    _n_updates = 0
+    pair_capacity = DEFAULT_CAPACITY
+
+    def _to_host(self) -> None:
+        """Bring a device state back into ``self._acc`` (one synchronisation)."""
+        if self._device is None:
+            return
+        acc, refused = self._device.to_host()
+        self._acc, self._device = acc, None
+        if refused is not None:
+            self._refused = refused if self._refused is None else self._refused.merge(refused)
+
+    def _on_gpu(self, gt, pred, gt_segments, per_image):
+        """The device backend of this update when its maps live on a GPU and the GPU path covers
+        it (the state is then on that device), else None."""
+        if (per_image or gt_segments is None or self.label_divisor is not None
+                or self.metric != "pq" or self.convention != "panopticapi"):
+            return None
+        from . import device_state
+
+        backend = device_state.device_backend(gt, pred)
+        if backend is None:
+            return None
+        if self._device is not None and self._device.backend.key != backend.key:
+            self._to_host()  # the maps moved to another device: the state follows
+        if self._device is None:
+            self._device = device_state.DeviceAccumulator(backend, self._acc,
+                                                          pair_capacity=self.pair_capacity)
+        return backend
 
     def update(self, gt, pred, *, gt_segments=None, pred_segments=None,
                per_image: bool = False) -> None:
@@ -110,12 +180,22 @@ class PanopticQuality:
         Raises
         ------
         fastpq.errors.InputError
-            As :func:`fastpq.evaluate`. A batch with a refused image adds nothing.
+            As :func:`fastpq.evaluate`. A batch with a refused image adds nothing. On the GPU
+            path, what only the device can see is raised by the next :meth:`compute` /
+            :meth:`sync` instead (see the class notes).
 
         Notes
         -----
-        Never communicates with other processes.
+        Never communicates with other processes. With GPU maps (see the class notes) it queues
+        the work on the device and returns without waiting for it.
         """
+        update = self._n_updates
+        self._n_updates += 1
+        backend = self._on_gpu(gt, pred, gt_segments, per_image)
+        if backend is not None:
+            self._device.add(backend, gt, pred, gt_segments, pred_segments, update=update)
+            return
+        self._to_host()
         if per_image or self.metric != "pq" or self.convention != "panopticapi":
             scoring = Scoring(self.categories, metric=self.metric, convention=self.convention,
                               per_image=per_image, first_index=self._acc.n_images)
@@ -147,10 +227,26 @@ class PanopticQuality:
             rank and equal to one process adding all the images; without an initialised process
             group, a copy of this one. This metric's own state is unchanged, so updates can go
             on and a later :meth:`compute` counts each image once.
+
+        Raises
+        ------
+        fastpq.errors.InputError
+            GPU updates were refused on the device since the state was last read (SegmentError
+            for a predicted id missing from segments_info or a listed segment without pixels).
+            The message names the first refused update and image; refused updates added
+            nothing. It is raised once, after the reduction (so that other ranks do not wait
+            forever): the next call returns the sums of the accepted updates.
         """
+        self._to_host()
         if not is_distributed():
-            return self._acc.copy()
-        return reduce_accumulator(self._acc, process_group=self.process_group, device=self.device)
+            acc = self._acc.copy()
+        else:
+            acc = reduce_accumulator(self._acc, process_group=self.process_group,
+                                     device=self.device)
+        if self._refused is not None:
+            refused, self._refused = self._refused, None
+            raise refused.error(self.pair_capacity)
+        return acc
 
     def compute(self) -> PQResult:
         """PQ, SQ and RQ of every image seen, by every rank under ``torch.distributed``.
@@ -166,6 +262,9 @@ class PanopticQuality:
 
     def reset(self) -> None:
         """Forget every image (the configuration stays)."""
+        self._device = None
+        self._refused = None
+        self._n_updates = 0
         self._acc.reset()
         self._records.clear()
 
@@ -185,12 +284,18 @@ class PanopticQuality:
             raise ValueError(f"cannot merge a metric={other.metric!r}, convention="
                              f"{other.convention!r} metric into a metric={self.metric!r}, "
                              f"convention={self.convention!r} one")
+        self._to_host()
+        other._to_host()
         self._acc.merge(other._acc)
+        if other._refused is not None:
+            self._refused = (other._refused if self._refused is None
+                             else self._refused.merge(other._refused))
         self._records.extend(other._records)
         return self
 
     def state_dict(self) -> dict:
         """The accumulated state as plain Python data (JSON-serialisable, exact)."""
+        self._to_host()
         return self._acc.to_dict()
 
     def load_state_dict(self, state: dict) -> None:
@@ -205,13 +310,16 @@ class PanopticQuality:
         if acc.categories != self.categories:
             raise ValueError("the state was accumulated over a different category table than "
                              "this metric's")
+        self._device = None
+        self._refused = None
         self._acc = acc
 
     def __getstate__(self):
+        self._to_host()  # device arrays and streams belong to this process
         state = dict(self.__dict__)
         state["process_group"] = None  # a process group belongs to its process
         return state
 
     def __repr__(self):
-        return (f"PanopticQuality({len(self.categories)} categories, "
-                f"{self._acc.n_images} images)")
+        n_images = self._acc.n_images if self._device is None else self._device.n_images
+        return f"PanopticQuality({len(self.categories)} categories, {n_images} images)"

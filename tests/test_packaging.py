@@ -21,8 +21,9 @@ def test_wheel_contains_kernels_models_and_data(tmp_path):
                      "fastpq/kernels/png.py", "fastpq/models/__init__.py",
                      "fastpq/data/coco_panoptic_categories.json"):
         assert required in names, required
-    if (ROOT / "kernels" / "pairs.cu").exists():
-        assert "fastpq/kernels/pairs.cu" in names
+    for source in ("pairs.cu", "accumulate.cu"):
+        if (ROOT / "kernels" / source).exists():
+            assert f"fastpq/kernels/{source}" in names
 
 
 def test_import_needs_only_numpy_and_numba():

@@ -1,0 +1,402 @@
+"""The streaming metric's state on a GPU: batches of device label maps in, running sums on device.
+
+:class:`fastpq.PanopticQuality` hands COCO-convention updates whose maps live on a GPU (CUDA
+torch tensors, CuPy arrays) to a :class:`DeviceAccumulator`. One update is
+
+    segment tables (host: segments_info -> dense categories, one host->device copy)
+      -> pair histogram (device)  -> matcher (device)  -> accumulation (device)
+
+and nothing in it waits for the device: no value computed on the device is read on the host.
+The running sums are the host accumulator's (:class:`~fastpq.accumulator.PQAccumulator`): int64
+tp/fp/fn and double-double IoU sums, added image by image in input order with the same TwoSum,
+so a metric fed on the GPU holds bitwise the numbers of one fed the same images on the host.
+They move to the host (one synchronisation) when the metric is read: ``compute()``, ``sync()``,
+``state_dict()``, ``merge()``, pickling, or a host-map update.
+
+What is checked where. On the host, at ``update()``, as on the host path: map shapes and dtypes
+(metadata only) and everything about the segments_info lists (ids, duplicates, GT id 0,
+``iscrowd``, unknown categories). On the device, as status bits of each image: more distinct
+(gt id, pred id) pairs than ``pair_capacity``, ids outside [0, 2**31), a non-zero predicted id in
+the map that segments_info does not list, a listed predicted segment without pixels. An update
+with such an image adds nothing, and the next ``compute()`` (or ``sync()``) raises the error,
+naming the update and the image. Not checked on the device (the host path refuses these): GT ids
+in the map that segments_info does not list (they count as non-void pixels in unions, as in
+panopticapi's ``pq_compute``), listed GT segments without pixels (false negatives, as in the
+reference), ids in [2**24, 2**31), and predicted id 0 listed in segments_info (a segment, as in
+the reference).
+
+The glue is written against a small backend (array module ``xp``, histogram, matcher,
+accumulation, copies): :class:`fastpq.gpu.CupyBackend` on a GPU, :class:`EmulatedBackend` on the
+CPU, which runs the kernels' CPU emulations (``fastpq.kernels.pairs_cuda``) so that the tests
+check this module without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .accumulator import PQAccumulator, _two_sum
+from .categories import Categories
+from .errors import InputError, SegmentError, where
+from .inputs import is_torch_tensor, on_device, split_segments
+from .kernels.pairs_cuda import (
+    DEFAULT_CAPACITY,
+    STATUS_MESSAGES,
+    STATUS_PAIR_TABLE_OVERFLOW,
+    STATUS_PRED_CATEGORY_UNKNOWN,
+    STATUS_PRED_ID_NOT_LISTED,
+    STATUS_PRED_SEGMENT_ABSENT,
+    MatchPartials,
+    SegmentTables,
+    capacity_log2,
+    match_emulated,
+    pad_segment_tables,
+    pair_histogram_emulated,
+)
+from .segments import coco_table
+
+__all__ = ["DEFAULT_CAPACITY", "DeviceAccumulator", "EmulatedBackend", "RefusedUpdates",
+           "accumulate_partials_host", "device_backend"]
+
+#: int64 fields of the refused-update record (see ``kernels/accumulate.cu``).
+RECORD_FIELDS = 6
+_SEGMENT_STATUS = (STATUS_PRED_ID_NOT_LISTED | STATUS_PRED_SEGMENT_ABSENT
+                   | STATUS_PRED_CATEGORY_UNKNOWN)
+_INT32_MAX = (1 << 31) - 1
+
+
+def device_backend(gt, pred):
+    """The backend for an update's maps: a :class:`fastpq.gpu.CupyBackend` when the maps live on
+    a GPU, None when they are host maps.
+
+    Raises
+    ------
+    InputError
+        Some maps are on a GPU and others are not.
+    """
+    gts = list(gt) if isinstance(gt, (list, tuple)) else [gt]
+    preds = list(pred) if isinstance(pred, (list, tuple)) else [pred]
+    placed = [on_device(x) for x in gts + preds]
+    if not any(placed):
+        return None
+    if not all(placed):
+        first_host = placed.index(False)
+        side, k = (("ground-truth", first_host) if first_host < len(gts)
+                   else ("predicted", first_host - len(gts)))
+        raise InputError(f"image {k}: the {side} map is in host memory while other maps of the "
+                         "update are on a GPU; pass all maps of an update on the same device")
+    from .gpu import CupyBackend
+
+    return CupyBackend.for_maps(gts + preds)
+
+
+class EmulatedBackend:
+    """The CPU twin of :class:`fastpq.gpu.CupyBackend`: NumPy arrays, and the CPU emulations of
+    the histogram and matcher kernels (``fastpq.kernels.pairs_cuda``) and of the accumulation
+    kernel (:func:`accumulate_partials_host`).
+
+    ``histogram_options`` go to :func:`~fastpq.kernels.pairs_cuda.pair_histogram_emulated`
+    (e.g. small ``tile_pixels`` or ``shared_log2`` to exercise the kernel's overflow paths).
+    """
+
+    xp = np
+    key = ("emulation",)
+
+    def __init__(self, **histogram_options):
+        self.histogram_options = histogram_options
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def as_array(self, value):
+        if is_torch_tensor(value):
+            return value.detach().numpy()
+        return np.asarray(value)
+
+    def histogram(self, gt, pred, capacity: int):
+        return pair_histogram_emulated(gt, pred, capacity=capacity, **self.histogram_options)
+
+    def match(self, pairs, gt_segments, pred_segments, n_categories: int) -> MatchPartials:
+        return match_emulated(pairs, gt_segments, pred_segments, n_categories)
+
+    def accumulate(self, partials, state, update: int) -> None:
+        accumulate_partials_host(partials, state, update=update)
+
+    def upload(self, host: np.ndarray) -> np.ndarray:
+        return np.array(host, copy=True)
+
+    def download(self, array) -> np.ndarray:
+        return np.array(array, copy=True)
+
+    def marker(self):
+        return None
+
+    def wait_for(self, marker) -> None:
+        return None
+
+
+def accumulate_partials_host(partials: MatchPartials, state, *, update: int) -> None:
+    """NumPy twin of ``kernels/accumulate.cu`` (:func:`fastpq.gpu.accumulate_partials`).
+
+    Adds the rows of ``partials`` (tp, fp, fn, iou_sum, status of B images) into ``state`` =
+    ``(tp, fp, fn, iou, iou_err, record)`` in place, image by image, exactly as
+    :meth:`PQAccumulator.add_image` does; a batch with a status bit adds nothing and is counted in
+    ``record`` (refused updates, first refused update, its first bad image, that image's status,
+    OR of all status bits, images refused).
+    """
+    tp, fp, fn, iou, iou_err, record = state
+    status = np.asarray(partials.status)
+    bad = np.flatnonzero(status)
+    if bad.size:
+        if record[0] == 0:
+            record[1], record[2], record[3] = update, bad[0], status[bad[0]]
+        record[0] += 1
+        record[4] |= np.bitwise_or.reduce(status)
+        record[5] += status.size
+        return
+    for b in range(status.size):
+        tp += partials.tp[b]
+        fp += partials.fp[b]
+        fn += partials.fn[b]
+        iou[:], err = _two_sum(iou, partials.iou_sum[b])
+        iou_err += err
+
+
+@dataclass
+class RefusedUpdates:
+    """Updates refused on the device, found when the state came back to the host."""
+
+    count: int  # refused updates
+    update: int  # number of the first refused update (0 = the first update() call)
+    image: int  # its first image with a status bit, counted within the update
+    status: int  # that image's status bits
+    all_status: int  # OR of the status bits of every refused image
+    n_images: int  # images in the refused updates
+
+    @classmethod
+    def from_record(cls, record) -> "RefusedUpdates | None":
+        record = [int(x) for x in record]
+        return cls(*record) if record[0] else None
+
+    def merge(self, other: "RefusedUpdates | None") -> "RefusedUpdates":
+        if other is None:
+            return self
+        return RefusedUpdates(self.count + other.count, self.update, self.image, self.status,
+                              self.all_status | other.all_status, self.n_images + other.n_images)
+
+    def error(self, pair_capacity: int) -> InputError:
+        """The exception to raise: SegmentError for segment-table mismatches, else InputError."""
+        def reasons(bits):
+            return "; ".join(text for bit, text in STATUS_MESSAGES.items() if bits & bit)
+
+        message = (f"image {self.image} of update {self.update} (updates counted from 0 since "
+                   f"the metric was created or reset), on the GPU: {reasons(self.status)}. "
+                   "That update added nothing.")
+        if self.status & STATUS_PAIR_TABLE_OVERFLOW:
+            slots = 1 << capacity_log2(pair_capacity)
+            message += (f" The GPU pair table holds {slots} distinct (gt id, pred id) pairs per "
+                        "image; pass a larger pair_capacity= to PanopticQuality.")
+        if self.status & _SEGMENT_STATUS:
+            message += (" fastpq.evaluate on host copies of that image's maps names the "
+                        "segment id.")
+        if self.count > 1:
+            message += (f" In all, {self.count} updates ({self.n_images} images) were refused "
+                        f"since the state was last read: {reasons(self.all_status)}.")
+        kind = SegmentError if self.status & _SEGMENT_STATUS else InputError
+        return kind(message)
+
+
+# -- label maps ------------------------------------------------------------------------------------
+
+def _is_rgb(array) -> bool:
+    return array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
+
+
+def _ids(xp, array):
+    """An (H, W) or (B, H, W) integer id map; RGB maps (COCO PNG layout) become ids on the
+    device: R + 256 G + 256**2 B."""
+    if array.dtype == np.uint8 and array.ndim >= 3 and array.shape[-1] in (3, 4):
+        wide = array[..., :3].astype(xp.int32)
+        return wide[..., 0] | (wide[..., 1] << 8) | (wide[..., 2] << 16)
+    return array
+
+
+def _check_dtype(array, what: str, loc: str) -> None:
+    if array.dtype == bool or array.dtype.kind not in "iu":
+        raise InputError(f"{loc}: the {what} map has dtype {array.dtype}; label maps must hold "
+                         "integer ids (cast float maps explicitly if their values are whole "
+                         "numbers)")
+
+
+def _batches(backend, gt, pred) -> tuple[list, int]:
+    """The update's maps as ``[(gt, pred), ...]`` device batches of equal-shape (B, H, W) id
+    maps, in input order, and the number of images. Reads metadata only."""
+    xp = backend.xp
+    if isinstance(gt, (list, tuple)) != isinstance(pred, (list, tuple)):
+        raise InputError("pass the ground truth and the predictions the same way: both lists of "
+                         "maps, or both one array")
+    if not isinstance(gt, (list, tuple)):
+        g, p = backend.as_array(gt), backend.as_array(pred)
+        for array, what in ((g, "ground-truth"), (p, "predicted")):
+            _check_dtype(array, what, "batch")
+        g, p = _ids(xp, g), _ids(xp, p)
+        if g.ndim == 2:
+            g = g[None]
+        if p.ndim == 2:
+            p = p[None]
+        if g.ndim != 3 or p.ndim != 3:
+            raise InputError(f"COCO maps on a GPU must be (H, W) or (B, H, W) integer ids, or "
+                             f"(H, W, 3) / (B, H, W, 3) uint8 RGB; got shapes "
+                             f"{tuple(gt.shape)} and {tuple(pred.shape)}")
+        if g.shape[0] != p.shape[0]:
+            raise InputError(f"{g.shape[0]} ground-truth maps but {p.shape[0]} predicted maps")
+        if g.shape != p.shape:
+            raise InputError(f"the ground truth is {g.shape[1]}x{g.shape[2]} but the prediction "
+                             f"is {p.shape[1]}x{p.shape[2]}")
+        return ([(g, p)] if g.shape[0] else []), g.shape[0]
+    if len(gt) != len(pred):
+        raise InputError(f"{len(gt)} ground-truth maps but {len(pred)} predicted maps")
+    maps = []
+    for k, (g, p) in enumerate(zip(gt, pred)):
+        loc = where(k)
+        g, p = backend.as_array(g), backend.as_array(p)
+        for array, what in ((g, "ground-truth"), (p, "predicted")):
+            _check_dtype(array, what, loc)
+            if not (array.ndim == 2 or _is_rgb(array)):
+                raise InputError(f"{loc}: the {what} map has shape {tuple(array.shape)}; COCO "
+                                 "maps are (H, W) integer ids or (H, W, 3) uint8 RGB")
+        g, p = _ids(xp, g), _ids(xp, p)
+        if g.shape != p.shape:
+            raise InputError(f"{loc}: the ground truth is {g.shape[0]}x{g.shape[1]} but the "
+                             f"prediction is {p.shape[0]}x{p.shape[1]}")
+        maps.append((g, p))
+    batches = []
+    start = 0
+    for k in range(1, len(maps) + 1):  # runs of equal shape become one stacked batch
+        if k == len(maps) or maps[k][0].shape != maps[start][0].shape:
+            run = maps[start:k]
+            if len(run) == 1:
+                batches.append((run[0][0][None], run[0][1][None]))
+            else:
+                batches.append((xp.stack([g for g, _ in run]), xp.stack([p for _, p in run])))
+            start = k
+    return batches, len(maps)
+
+
+# -- segment tables --------------------------------------------------------------------------------
+
+def _tables(gt_segments, pred_segments, categories: Categories, first: int):
+    """Host segment tables of images ``first, first + 1, ...`` (index within the update)."""
+    gt_tables, pred_tables = [], []
+    for k, (gs, ps) in enumerate(zip(gt_segments, pred_segments), start=first):
+        for segments, side, tables in ((gs, "gt", gt_tables), (ps, "pred", pred_tables)):
+            if segments is None:
+                raise InputError(f"{where(k)}: COCO maps need segments_info on both sides")
+            table = coco_table(segments, categories, side=side, image_index=k)
+            if table.ids.size and table.ids.max() > _INT32_MAX:
+                name = "ground-truth" if side == "gt" else "predicted"
+                raise SegmentError(f"{where(k)}: {name} segment id {int(table.ids.max())} does "
+                                   "not fit the GPU path's int32 ids (COCO ids are < 2**24)")
+            tables.append(table)
+    return gt_tables, pred_tables
+
+
+def _upload_tables(backend, gt_tables, pred_tables):
+    """Padded device SegmentTables of a batch, from one host-to-device copy."""
+    gt = pad_segment_tables([t.ids for t in gt_tables], [t.category for t in gt_tables],
+                            [t.iscrowd for t in gt_tables])
+    pred = pad_segment_tables([t.ids for t in pred_tables], [t.category for t in pred_tables])
+    parts = [gt.id, gt.category, gt.iscrowd, gt.count, pred.id, pred.category, pred.count]
+    device = backend.upload(np.concatenate([np.ascontiguousarray(a, np.int32).ravel()
+                                            for a in parts]))
+    views, at = [], 0
+    for a in parts:
+        views.append(device[at:at + a.size].reshape(a.shape))
+        at += a.size
+    return (SegmentTables(views[0], views[1], views[2], None, views[3]),
+            SegmentTables(views[4], views[5], None, None, views[6]))
+
+
+# -- the state -------------------------------------------------------------------------------------
+
+class DeviceAccumulator:
+    """A :class:`~fastpq.accumulator.PQAccumulator` living on a device, fed batches of device
+    label maps without host-device synchronisation.
+
+    Parameters
+    ----------
+    backend : CupyBackend or EmulatedBackend
+        Where the state lives.
+    acc : PQAccumulator
+        The starting sums (copied to the device): the state continues them exactly.
+    pair_capacity : int
+        Distinct (gt id, pred id) pairs per image of the pair tables.
+    """
+
+    def __init__(self, backend, acc: PQAccumulator, *, pair_capacity: int = DEFAULT_CAPACITY):
+        capacity_log2(pair_capacity)  # validates
+        self.backend = backend
+        self.categories = acc.categories
+        self.pair_capacity = int(pair_capacity)
+        with backend:
+            self.state = tuple(backend.upload(a) for a in (
+                acc.tp, acc.fp, acc.fn, acc.iou, acc.iou_err,
+                np.zeros(RECORD_FIELDS, np.int64)))
+            self._marker = backend.marker()
+        self.n_images = acc.n_images  # including refused images until to_host()
+
+    def add(self, backend, gt, pred, gt_segments, pred_segments, *, update: int) -> int:
+        """Queue one update; returns its number of images.
+
+        ``backend`` is this update's (same device as the state; its stream may differ, then it
+        waits on the device for the state's last writes). Host-side refusals (shapes, dtypes,
+        segments_info) raise InputError here, before anything is queued; device-side ones are
+        recorded and raised by :meth:`to_host`'s caller.
+        """
+        if backend.key != self.backend.key:
+            raise ValueError(f"this state lives on {self.backend.key}, the maps on {backend.key}")
+        with backend:
+            batches, n_images = _batches(backend, gt, pred)
+            if n_images == 0:
+                raise InputError("empty input: no images to evaluate")
+            gsegs = split_segments(gt_segments, n_images, "gt_segments")
+            psegs = split_segments(pred_segments, n_images, "pred_segments")
+            gt_tables, pred_tables = _tables(gsegs, psegs, self.categories, 0)
+            backend.wait_for(self._marker)
+            partials = []
+            first = 0
+            for g, p in batches:
+                size = g.shape[0]
+                gt_dev, pred_dev = _upload_tables(backend, gt_tables[first:first + size],
+                                                  pred_tables[first:first + size])
+                pairs = backend.histogram(g, p, self.pair_capacity)
+                partials.append(backend.match(pairs, gt_dev, pred_dev, len(self.categories)))
+                first += size
+            if len(partials) > 1:  # one accumulation per update: a refusal refuses all of it
+                xp = backend.xp
+                joined = MatchPartials(*(xp.concatenate([getattr(m, name) for m in partials])
+                                         for name in ("tp", "fp", "fn", "iou_sum")),
+                                       None, None,
+                                       xp.concatenate([m.status for m in partials]))
+            else:
+                joined = partials[0]
+            backend.accumulate(joined, self.state, update)
+            self._marker = backend.marker()
+        self.backend = backend
+        self.n_images += n_images
+        return n_images
+
+    def to_host(self) -> tuple[PQAccumulator, RefusedUpdates | None]:
+        """The sums as a host accumulator, and the refused updates (synchronises once)."""
+        with self.backend:
+            tp, fp, fn, iou, iou_err, record = (self.backend.download(a) for a in self.state)
+        acc = PQAccumulator(self.categories)
+        acc.tp, acc.fp, acc.fn = (np.asarray(a, np.int64) for a in (tp, fp, fn))
+        acc.iou, acc.iou_err = (np.asarray(a, np.float64) for a in (iou, iou_err))
+        acc.n_images = self.n_images - int(record[5])
+        return acc, RefusedUpdates.from_record(record)
