@@ -355,3 +355,11 @@ def test_python_m_fastpq_eval(ds):
     assert done.returncode == 2 and done.stdout.count("\n") < 10
     assert done.stderr == f"fastpq: error: Folder {ds['gt_folder']} with ground truth " \
                           "segmentations doesn't exist\n"
+
+
+def test_cli_demo_prints_the_table_and_agrees_with_the_reference(panopticapi, tmp_path, capsys):
+    assert cli_main(["demo", "--images", "4", "--height", "48", "--width", "64",
+                     "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "fastpq start-up" in out and "All       |" in out
+    assert "same N: True" in out and "panopticapi pq_compute" in out
