@@ -1,0 +1,73 @@
+"""pytest-benchmark suite: fastpq and the reference on the same inputs, grouped for comparison.
+
+    python -m pytest bench/test_benchmarks.py --benchmark-only [--benchmark-compare]
+
+Not collected by the test suite (``testpaths = tests``): these are timings, never assertions
+about speed. Each group times fastpq beside the reference (panopticapi) on identical data; the
+scripts beside this file (bench_*.py) print the wider comparison tables with the peers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+
+import fastpq
+from fastpq import synthetic
+from fastpq.categories import Categories
+from fastpq.kernels.pairs import pair_counts
+
+from bench_evaluate import reference_core
+
+CATEGORIES = Categories.coco_panoptic()
+
+
+@pytest.fixture(scope="module", params=[(480, 640), (1024, 2048)], ids=["640x480", "1024x2048"])
+def scenes(request):
+    height, width = request.param
+    return synthetic.make_dataset(4, height=height, width=width, categories=CATEGORIES, seed=3)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic.write_coco_dataset(tmp_path_factory.mktemp("coco"), 100, seed=4)
+
+
+def test_pair_histogram(benchmark, scenes):
+    benchmark.group = "pair histogram (4 images)"
+    maps = [(g.astype(np.int32), p.astype(np.int32)) for g, _, p, _ in scenes]
+    benchmark(lambda: [pair_counts(g, p) for g, p in maps])
+
+
+def test_evaluate_fastpq(benchmark, scenes):
+    benchmark.group = f"evaluate in memory (4 images {scenes[0][0].shape})"
+    gts, gsegs, preds, psegs = zip(*scenes)
+    benchmark(lambda: fastpq.evaluate(list(gts), list(preds), gt_segments=list(gsegs),
+                                      pred_segments=list(psegs), categories=CATEGORIES,
+                                      workers=1))
+
+
+def test_evaluate_reference(benchmark, scenes):
+    pytest.importorskip("panopticapi.evaluation")
+    benchmark.group = f"evaluate in memory (4 images {scenes[0][0].shape})"
+    benchmark(reference_core(scenes, CATEGORIES.to_coco()))
+
+
+def test_files_fastpq(benchmark, dataset):
+    benchmark.group = "pq_compute, 100 COCO-like PNG pairs"
+    benchmark(lambda: fastpq.pq_compute(dataset["gt_json"], dataset["pred_json"], verbose=False,
+                                        progress=False))
+
+
+def test_files_reference(benchmark, dataset):
+    evaluation = pytest.importorskip("panopticapi.evaluation")
+    benchmark.group = "pq_compute, 100 COCO-like PNG pairs"
+
+    def run():
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluation.pq_compute(dataset["gt_json"], dataset["pred_json"])
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
