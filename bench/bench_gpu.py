@@ -2,29 +2,35 @@
 
 Run on a machine with a CUDA GPU and CuPy (``pip install fastpq[gpu]``)::
 
-    python bench/bench_gpu.py [--runs 20] [--peak-gbs 3350]
+    python bench/bench_gpu.py [--runs 20] [--peak-gbs 3350] [--tile-pixels 8192 32768 ...]
 
 For two batch shapes of int32 panoptic-like label maps (16 x 1024x2048 Cityscapes-size and
-64 x 480x640 COCO-size, generated on the device, seeded) it prints the median over ``--runs``
-CUDA-event-timed runs of
+64 x 480x640 COCO-size, generated on the device, seeded) it prints, for each method, two times:
 
+* ``device ms``: the median over ``--runs`` of the GPU time of one call, measured with CUDA events
+  while the call is queued behind a spin kernel (``torch.cuda._sleep``), so that the host's launch
+  cost does not leave the GPU idle between kernels; GB/s of label maps read (8 bytes per pixel:
+  two int32 maps), the fraction of the peak bandwidth (from the device's memory clock and bus
+  width, or ``--peak-gbs``) and of a measured device-to-device copy follow from it;
+* ``wall ms``: wall-clock time per call in steady state (``--runs`` calls back to back, then one
+  synchronisation; the median of 5 such rounds), host work included, and images/s from it.
+
+The methods:
+
+* ``histogram kernel``: the histogram kernel of :func:`fastpq.gpu.pair_histogram_batch` alone,
 * ``histogram``: :func:`fastpq.gpu.pair_histogram_batch` (table init, histogram, compaction),
 * ``histogram+match``: the same plus :func:`fastpq.gpu.match_batch`,
 * ``torch.unique``: the sort-based baseline on a 64-bit key (image << 48 | gt << 24 | pred), when
   PyTorch with CUDA is installed,
 * ``metric.update``: :meth:`fastpq.PanopticQuality.update` on the CuPy batch with COCO
   segments_info lists (segment tables built on the host and copied, histogram, matcher, device
-  accumulation): wall-clock time per update in steady state (``--runs`` updates queued back to
-  back, then one synchronisation; the median of 5 such rounds), so host-side work counts,
+  accumulation),
 * ``torchmetrics``: ``torchmetrics.detection.PanopticQuality.update`` on the same pixels as
-  (B, H, W, 2) [category, instance] CUDA tensors (wall-clock, synchronised, median of 3), when
+  (B, H, W, 2) [category, instance] CUDA tensors (wall-clock only, median of 3), when
   torchmetrics is installed; void pixels are category 0, declared as an extra stuff class since
-  torchmetrics refuses unknown ground-truth categories (a timing row, not a parity check),
+  torchmetrics refuses unknown ground-truth categories (a timing row, not a parity check).
 
-as images/s, GB/s of label maps read (8 bytes per pixel: two int32 maps) and the fraction of the
-peak bandwidth (from the device's memory clock and bus width, or ``--peak-gbs``), next to a
-measured device-to-device copy. The pair counts of the kernel and of torch.unique are compared
-once, outside the timing.
+The pair counts of the kernel and of torch.unique are compared once, outside the timing.
 """
 
 from __future__ import annotations
@@ -136,6 +142,35 @@ def median_ms(cp, function, runs: int, warmup: int = 3) -> float:
     return float(np.median(times))
 
 
+def device_ms(cp, torch, function, runs: int, warmup: int = 3) -> float:
+    """Median device time of one call: each timed call is queued behind a spin kernel
+    (``torch.cuda._sleep``) longer than the host needs to launch it, so the events measure the
+    GPU's work without the gaps of a host that launches more slowly than the GPU runs (the
+    launch cost is in ``wall_ms``). Without torch, plain event timing (an upper bound)."""
+    import time
+
+    if torch is None or not hasattr(torch.cuda, "_sleep"):
+        return median_ms(cp, function, runs, warmup)
+    for _ in range(warmup):
+        function()
+    cp.cuda.Device().synchronize()
+    start_host = time.perf_counter()
+    function()
+    host_s = time.perf_counter() - start_host
+    cp.cuda.Device().synchronize()
+    spin_cycles = int(max(2e6, 8e9 * host_s))  # about 4x the launch time at 2 GHz
+    times = []
+    for _ in range(runs):
+        torch.cuda._sleep(spin_cycles)  # torch's current stream: the legacy default stream
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        function()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+    return float(np.median(times))
+
+
 def wall_ms(cp, function, runs: int, rounds: int) -> float:
     """Steady-state wall-clock ms per call: ``runs`` calls back to back, then a synchronisation;
     the median over ``rounds``."""
@@ -169,7 +204,27 @@ def category_instance_maps(cp, torch, maps, tables, category_ids):
     return torch.from_dlpack(out)
 
 
-def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float) -> None:
+def histogram_kernel_only(cp, gt, pred):
+    """A function that launches only the histogram kernel of :func:`fastpq.gpu.
+    pair_histogram_batch` (no table initialisation, no compaction) on tables it keeps."""
+    from fastpq.gpu import _kernel
+    from fastpq.kernels.pairs_cuda import (BLOCK_THREADS, DEFAULT_CAPACITY, DEFAULT_TILE_PIXELS,
+                                           capacity_log2)
+
+    n_images = gt.shape[0]
+    n_pixels = gt[0].size
+    cap_log2 = capacity_log2(DEFAULT_CAPACITY)
+    keys = cp.full((n_images, 1 << cap_log2), np.uint64(2**64 - 1), cp.uint64)
+    counts = cp.zeros_like(keys)
+    status = cp.zeros(n_images, cp.int32)
+    kernel = _kernel(cp, "pair_histogram_i32")
+    grid = (-(-n_pixels // DEFAULT_TILE_PIXELS), n_images)
+    args = (gt, pred, np.int64(n_pixels), np.int64(DEFAULT_TILE_PIXELS), np.int32(1), keys,
+            counts, np.int32(cap_log2), status)
+    return lambda: kernel(grid, (BLOCK_THREADS,), args)
+
+
+def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float, tiles=()) -> None:
     """Print the rows of one batch shape."""
     import fastpq
     from fastpq.gpu import match_batch, pair_histogram_batch
@@ -199,7 +254,9 @@ def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float) -> None
         return match_batch(pair_histogram_batch(gt, pred), gt_segments, pred_segments,
                            n_categories)
 
-    rows = [("histogram", histogram), ("histogram+match", histogram_match)]
+    kernel_only = histogram_kernel_only(cp, gt, pred)
+    rows = [("histogram kernel", kernel_only), ("histogram", histogram),
+            ("histogram+match", histogram_match)]
     torch_unique = None
     if torch is not None:
         tgt, tpred = torch.from_dlpack(gt), torch.from_dlpack(pred)
@@ -216,8 +273,9 @@ def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float) -> None
     def update():
         metric.update(gt, pred, gt_segments=gsegs, pred_segments=psegs)
 
-    timed = [(label, median_ms(cp, function, runs)) for label, function in rows]
-    timed.append(("metric.update", wall_ms(cp, update, runs, 5)))
+    rows.append(("metric.update", update))
+    timed = [(label, device_ms(cp, torch, function, runs), wall_ms(cp, function, runs, 5))
+             for label, function in rows]
     result = metric.compute()  # also raises if the device refused an update
     if torch is not None:
         try:
@@ -231,13 +289,27 @@ def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float) -> None
             tm_pred = category_instance_maps(cp, torch, pred, host_pred_segments, category_ids)
             tm = TorchmetricsPQ(things=things, stuffs=stuffs | {0},
                                 allow_unknown_preds_category=True).to(tm_gt.device)
-            timed.append(("torchmetrics", wall_ms(cp, lambda: tm.update(tm_pred, tm_gt), 1, 3)))
-    for label, ms in timed:
+            timed.append(("torchmetrics", None,
+                          wall_ms(cp, lambda: tm.update(tm_pred, tm_gt), 1, 3)))
+    for label, device, wall in timed:
+        ms = wall if device is None else device
         gbs = read_bytes / ms / 1e6
-        print(f"{f'{n_images}x{height}x{width}':>16}  {label:<16} {ms:8.3f} "
-              f"{n_images / ms * 1e3:10.0f} {gbs:8.0f} "
-              f"{(f'{gbs / peak:.0%}' if peak else '-'):>8} {gbs / copy_gbs:8.0%}")
+        print(f"{f'{n_images}x{height}x{width}':>16}  {label:<17}"
+              f"{('-' if device is None else f'{device:.3f}'):>9} {gbs:7.0f} "
+              f"{(f'{gbs / peak:.0%}' if peak else '-'):>8} {gbs / copy_gbs:8.0%} "
+              f"{wall:9.3f} {n_images / wall * 1e3:10.0f}")
+    walls = {label: wall for label, _, wall in timed}
+    devices = {label: device for label, device, _ in timed}
+    if "torchmetrics" in walls:
+        print(f"  torchmetrics / metric.update (wall): {walls['torchmetrics'] / walls['metric.update']:.0f}x; "
+              f"torchmetrics / histogram+match (device): "
+              f"{walls['torchmetrics'] / devices['histogram+match']:.0f}x")
     print(f"  metric: {result.n_images} images, PQ {100 * result.pq:.2f}")
+    for tile_pixels in tiles:
+        ms = median_ms(cp, lambda: pair_histogram_batch(gt, pred, tile_pixels=tile_pixels), runs)
+        gbs = read_bytes / ms / 1e6
+        print(f"  histogram with tile_pixels={tile_pixels}: {ms:.3f} ms, {gbs:.0f} GB/s"
+              + (f" ({gbs / peak:.0%} of peak)" if peak else ""))
 
     tables = pair_histogram_batch(gt, pred)
     status = tables.status.get()
@@ -266,6 +338,8 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-gbs", type=float, default=None,
                         help="peak memory bandwidth in GB/s (default: from device attributes)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tile-pixels", type=int, nargs="*", default=[],
+                        help="also time the histogram with these pixels per thread block")
     args = parser.parse_args(argv)
     runs = max(10, args.runs)
 
@@ -291,13 +365,13 @@ def main(argv=None) -> int:
     print(f"peak bandwidth: {f'{peak:.0f} GB/s' if peak else 'unknown (pass --peak-gbs)'}; "
           f"measured device-to-device copy: {copy_gbs:.0f} GB/s; median of {runs} runs")
     print()
-    header = (f"{'batch':>16}  {'method':<16} {'ms':>8} {'images/s':>10} {'GB/s':>8} "
-              f"{'of peak':>8} {'of copy':>8}")
+    header = (f"{'batch':>16}  {'method':<17}{'device ms':>9} {'GB/s':>7} {'of peak':>8} "
+              f"{'of copy':>8} {'wall ms':>9} {'images/s':>10}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(args.seed)
     for shape in SHAPES:
-        bench_shape(cp, torch, rng, shape, runs, peak, copy_gbs)
+        bench_shape(cp, torch, rng, shape, runs, peak, copy_gbs, args.tile_pixels)
     return 0
 
 

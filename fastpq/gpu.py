@@ -28,7 +28,6 @@ from fastpq.kernels.pairs_cuda import (
     BLOCK_THREADS,
     DEFAULT_CAPACITY,
     DEFAULT_TILE_PIXELS,
-    EMPTY_KEY,
     MATCH_THREADS,
     MAX_CAPACITY,
     MAX_GRID_Y,
@@ -197,9 +196,14 @@ def pair_histogram_batch(
         n_images, n_pixels = gt2d.shape
         aligned = gt2d.data.ptr % 16 == 0 and pred2d.data.ptr % 16 == 0
         vec4 = uses_vec4(gt2d, pred2d, tile_pixels, aligned)
-        table_keys = cp.full((n_images, cap), EMPTY_KEY, dtype=cp.uint64)
-        table_counts = cp.zeros((n_images, cap), dtype=cp.uint64)
-        status = cp.zeros(n_images, dtype=cp.int32)
+        table_keys = cp.empty((n_images, cap), dtype=cp.uint64)
+        table_counts = cp.empty((n_images, cap), dtype=cp.uint64)
+        status = cp.empty(n_images, dtype=cp.int32)
+        if n_images:
+            n_slots = n_images * cap
+            _kernel(cp, "init_pair_tables")(
+                (min(-(-n_slots // BLOCK_THREADS), 4096),), (BLOCK_THREADS,),
+                (table_keys, table_counts, np.int64(n_slots), status, np.int64(n_images)))
         if n_images and n_pixels:
             histogram = _kernel(cp, "pair_histogram_i32" if gt2d.dtype == cp.int32 else
                                 "pair_histogram_i64")
@@ -215,7 +219,7 @@ def pair_histogram_batch(
         pair_gt = cp.empty((n_images, cap), dtype=cp.int32)
         pair_pred = cp.empty((n_images, cap), dtype=cp.int32)
         pair_count = cp.empty((n_images, cap), dtype=cp.int64)
-        n_pairs = cp.zeros(n_images, dtype=cp.int32)
+        n_pairs = cp.empty(n_images, dtype=cp.int32)  # written by compact_pair_tables
         if n_images:
             scratch_keys = cp.empty((n_images, cap), dtype=cp.uint64)
             scratch_counts = cp.empty((n_images, cap), dtype=cp.uint64)

@@ -143,6 +143,55 @@ __device__ __forceinline__ void insert_lane_items(u64 (&k)[4], u32 (&c)[4], int 
     }
 }
 
+// A warp's span (every lane's four items) is uniform when all its pixels share lane 0's first key
+// (lane 0's first item is always a pixel). Returns the span's key and pixel count through *key and
+// *n; the result is the same in every lane.
+__device__ __forceinline__ bool uniform_span(const u64 (&k)[4], const u32 (&c)[4], u64* key,
+                                             u32* n)
+{
+    const u64 first = __shfl_sync(FASTPQ_FULL_MASK, k[0], 0);
+    bool same = true;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        same = same && (c[j] == 0u || k[j] == first);
+    }
+    if (!__all_sync(FASTPQ_FULL_MASK, same)) {
+        return false;
+    }
+    u32 pixels = 0u;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        pixels += __popc(__ballot_sync(FASTPQ_FULL_MASK, c[j] != 0u));
+    }
+    *key = first;
+    *n = pixels;
+    return true;
+}
+
+// Adds one warp span: a uniform span extends the warp's run (or flushes it and starts a new one),
+// any other span goes through insert_lane_items. Warp-uniform control flow.
+__device__ __forceinline__ void add_span(u64 (&k)[4], u32 (&c)[4], int lane, u64* run_key,
+                                         u32* run_count, u64* s_keys, u32* s_counts, u64* keys,
+                                         u64* counts, int cap_log2, int* status)
+{
+    u64 key;
+    u32 n;
+    if (uniform_span(k, c, &key, &n)) {
+        if (key == *run_key && *run_count <= 0x7fffffffu) {
+            *run_count += n;
+        } else {
+            if (lane == 0 && *run_count != 0u) {
+                shared_insert(s_keys, s_counts, *run_key, *run_count, keys, counts, cap_log2,
+                              status);
+            }
+            *run_key = key;
+            *run_count = n;
+        }
+    } else {
+        insert_lane_items(k, c, lane, s_keys, s_counts, keys, counts, cap_log2, status);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Histogram: grid (tiles per image, B), FASTPQ_BLOCK_THREADS threads; block (t, b) counts the
 // pixels [t * tile_pixels, min((t + 1) * tile_pixels, N)) of image b.
@@ -150,6 +199,9 @@ __device__ __forceinline__ void insert_lane_items(u64 (&k)[4], u32 (&c)[4], int 
 // a lane then reads one int4 of each map (4 adjacent pixels). Otherwise a lane reads pixels
 // base + 32 j + lane, j = 0..3, with base stepping 128 pixels per warp. Reads are coalesced either
 // way and every pixel is read once.
+// A warp keeps a run in registers: consecutive uniform spans of one key only add to the run's
+// count, and the run goes into the shared table (one insert by lane 0) when the key changes and at
+// the end of the tile. Flat regions thus cost loads and a few warp votes, no atomics.
 // ---------------------------------------------------------------------------------------------
 
 template <typename T>
@@ -182,6 +234,8 @@ __device__ __forceinline__ void histogram_tile(const T* __restrict__ gt,
     __syncthreads();
 
     long long seen = 0;  // OR of every id read: bits >= 31 mean an id outside [0, 2^31)
+    u64 run_key = FASTPQ_EMPTY_KEY;  // the warp's run (warp-uniform)
+    u32 run_count = 0u;
     u64 k[4];
     u32 c[4];
     if (vec4 && sizeof(T) == 4) {
@@ -203,7 +257,8 @@ __device__ __forceinline__ void histogram_tile(const T* __restrict__ gt,
                 k[0] = k[1] = k[2] = k[3] = FASTPQ_EMPTY_KEY;
                 c[0] = c[1] = c[2] = c[3] = 0u;
             }
-            insert_lane_items(k, c, lane, s_keys, s_counts, keys, counts, cap_log2, image_status);
+            add_span(k, c, lane, &run_key, &run_count, s_keys, s_counts, keys, counts, cap_log2,
+                     image_status);
         }
     } else {
         for (long long base = start + warp * 128; base < end; base += n_warps * 128) {
@@ -221,8 +276,12 @@ __device__ __forceinline__ void histogram_tile(const T* __restrict__ gt,
                     c[j] = 0u;
                 }
             }
-            insert_lane_items(k, c, lane, s_keys, s_counts, keys, counts, cap_log2, image_status);
+            add_span(k, c, lane, &run_key, &run_count, s_keys, s_counts, keys, counts, cap_log2,
+                     image_status);
         }
+    }
+    if (lane == 0 && run_count != 0u) {
+        shared_insert(s_keys, s_counts, run_key, run_count, keys, counts, cap_log2, image_status);
     }
 
     // barrier before the flush, and one flag per block for out-of-range ids
@@ -233,6 +292,21 @@ __device__ __forceinline__ void histogram_tile(const T* __restrict__ gt,
         const u64 key = s_keys[s];
         if (key != FASTPQ_EMPTY_KEY) {
             global_insert(keys, counts, cap_log2, key, (u64)s_counts[s], image_status);
+        }
+    }
+}
+
+// Table initialisation: grid-stride over the (B, cap) slots; empty keys, zero counts, zero status.
+extern "C" __global__ void __launch_bounds__(FASTPQ_BLOCK_THREADS)
+init_pair_tables(u64* __restrict__ table_keys, u64* __restrict__ table_counts, long long n_slots,
+                 int* __restrict__ status, long long n_images)
+{
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_slots; i += stride) {
+        table_keys[i] = FASTPQ_EMPTY_KEY;
+        table_counts[i] = 0ull;
+        if (i < n_images) {
+            status[i] = 0;
         }
     }
 }
@@ -263,7 +337,7 @@ pair_histogram_i64(const long long* __restrict__ gt, const long long* __restrict
 
 // ---------------------------------------------------------------------------------------------
 // Compaction: grid (B), FASTPQ_BLOCK_THREADS threads. Packs image b's non-empty slots (in slot
-// order, block-wide prefix sum of a ballot) into scratch, then writes each pair at its rank
+// order: per-thread runs of slots and one block-wide prefix sum) into scratch, then writes each pair at its rank
 // (the number of smaller keys), so the pair table comes out sorted by (gt, pred).
 // O(n_pairs^2 / threads) comparisons per image: cheap for the tens to hundreds of pairs of real
 // panoptic maps.
@@ -277,7 +351,6 @@ compact_pair_tables(const u64* __restrict__ table_keys, const u64* __restrict__ 
                     int* __restrict__ n_pairs)
 {
     __shared__ u32 warp_totals[FASTPQ_BLOCK_THREADS / 32];
-    __shared__ u32 packed;
     __shared__ u64 tile[FASTPQ_RANK_TILE];
 
     const int tid = threadIdx.x;
@@ -287,40 +360,40 @@ compact_pair_tables(const u64* __restrict__ table_keys, const u64* __restrict__ 
     const long long cap = 1ll << cap_log2;
     const long long row = (long long)blockIdx.x << cap_log2;
 
-    if (tid == 0) {
-        packed = 0u;
+    // 1. pack non-empty slots in slot order: thread t owns the slots [t * chunk, (t + 1) * chunk),
+    //    and one block-wide exclusive scan of the threads' counts gives each its offset
+    const long long chunk = (cap + blockDim.x - 1) / blockDim.x;
+    const long long first = min((long long)tid * chunk, cap);
+    const long long last = min(first + chunk, cap);
+    u32 mine = 0u;
+    for (long long s = first; s < last; ++s) {
+        mine += table_keys[row + s] != FASTPQ_EMPTY_KEY ? 1u : 0u;
+    }
+    u32 inclusive = mine;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        const u32 below = __shfl_up_sync(FASTPQ_FULL_MASK, inclusive, d);
+        inclusive += lane >= d ? below : 0u;
+    }
+    if (lane == 31) {
+        warp_totals[warp] = inclusive;
     }
     __syncthreads();
-
-    // 1. pack non-empty slots in slot order
-    for (long long s0 = 0; s0 < cap; s0 += blockDim.x) {
-        const long long s = s0 + tid;
-        const u64 key = s < cap ? table_keys[row + s] : FASTPQ_EMPTY_KEY;
-        const bool full = key != FASTPQ_EMPTY_KEY;
-        const u32 ballot = __ballot_sync(FASTPQ_FULL_MASK, full);
-        if (lane == 0) {
-            warp_totals[warp] = __popc(ballot);
-        }
-        __syncthreads();
-        u32 offset = packed + __popc(ballot & ((1u << lane) - 1u));
-        for (int w = 0; w < warp; ++w) {
-            offset += warp_totals[w];
-        }
-        if (full) {
+    u32 offset = inclusive - mine;
+    u32 n = 0u;
+    for (int w = 0; w < n_warps; ++w) {
+        offset += w < warp ? warp_totals[w] : 0u;
+        n += warp_totals[w];
+    }
+    for (long long s = first; s < last; ++s) {
+        const u64 key = table_keys[row + s];
+        if (key != FASTPQ_EMPTY_KEY) {
             scratch_keys[row + offset] = key;
             scratch_counts[row + offset] = table_counts[row + s];
+            ++offset;
         }
-        __syncthreads();
-        if (tid == 0) {
-            u32 sum = 0u;
-            for (int w = 0; w < n_warps; ++w) {
-                sum += warp_totals[w];
-            }
-            packed += sum;
-        }
-        __syncthreads();
     }
-    const u32 n = packed;
+    __syncthreads();  // scratch is complete before any thread ranks it
 
     // 2. write every pair at its rank
     for (u32 i0 = 0; i0 < n; i0 += blockDim.x) {

@@ -6,8 +6,8 @@ Their logic is checked here instead:
 
 * :func:`pair_histogram_emulated` replays, in NumPy/Numba on the CPU, exactly what the histogram
   and compaction kernels do: the same tiles, warps, four pixels per lane, merging of equal
-  neighbours inside a lane, warp aggregation (groups of equal keys, one insert by the lowest lane),
-  the same hash function, bounded probing of the shared table with fallback to the global table,
+  neighbours inside a lane, the warp's run of uniform spans, warp aggregation (groups of equal
+  keys, one insert by the lowest lane), the same hash function, bounded probing of the shared table with fallback to the global table,
   the global table's overflow flag, and the ballot-ordered packing followed by the rank sort.
   The one thing it fixes that the GPU leaves open is the order of concurrent work (warps in order,
   lanes in order); the pair *tables* do not depend on it.
@@ -203,21 +203,23 @@ def pad_segment_tables(
     """
     n_images = len(ids)
     count = np.array([len(x) for x in ids], dtype=np.int32)
-    width = max(1, int(count.max(initial=0)))
-    table_id = np.zeros((n_images, width), np.int32)
-    table_category = np.full((n_images, width), -1, np.int32)
-    table_iscrowd = np.zeros((n_images, width), np.int32)
-    table_area = np.zeros((n_images, width), np.float64) if areas is not None else None
     for b in range(n_images):
-        n = count[b]
-        if len(categories[b]) != n:
-            raise ValueError(f"image {b}: {n} segment ids but {len(categories[b])} categories")
-        table_id[b, :n] = ids[b]
-        table_category[b, :n] = categories[b]
-        if iscrowd is not None:
-            table_iscrowd[b, :n] = iscrowd[b]
-        if areas is not None:
-            table_area[b, :n] = areas[b]
+        if len(categories[b]) != count[b]:
+            raise ValueError(f"image {b}: {count[b]} segment ids but {len(categories[b])} "
+                             "categories")
+    width = max(1, int(count.max(initial=0)))
+    filled = np.arange(width) < count[:, None]  # row-major order = the concatenation's order
+
+    def table(rows, dtype, pad):
+        out = np.full((n_images, width), pad, dtype)
+        if rows is not None and n_images:
+            out[filled] = np.concatenate(rows).astype(dtype, copy=False)
+        return out
+
+    table_id = table(ids, np.int32, 0)
+    table_category = table(categories, np.int32, -1)
+    table_iscrowd = table(iscrowd, np.int32, 0)
+    table_area = table(areas, np.float64, 0) if areas is not None else None
     return SegmentTables(table_id, table_category, table_iscrowd, table_area, count)
 
 
@@ -310,6 +312,32 @@ def _insert_lane_items(k, c, warp_aggregation, s_keys, s_counts, shared_log2, pr
 
 
 @numba.njit(cache=True)
+def _add_span(k, c, run_key, run_count, warp_aggregation, s_keys, s_counts, shared_log2, probes,
+              keys, counts, image, cap_log2, status):
+    # add_span in pairs.cu: a span whose pixels all share lane 0's first key extends the warp's
+    # run (flushed into the shared table when the key changes); other spans are inserted
+    first = k[0, 0]
+    uniform = True
+    n = 0
+    for lane in range(32):
+        for j in range(4):
+            if c[lane, j] != 0:
+                n += 1
+                if k[lane, j] != first:
+                    uniform = False
+    if not uniform:
+        _insert_lane_items(k, c, warp_aggregation, s_keys, s_counts, shared_log2, probes, keys,
+                           counts, image, cap_log2, status)
+        return run_key, run_count
+    if first == run_key and run_count <= 0x7FFFFFFF:
+        return run_key, run_count + n
+    if run_count != 0:
+        _shared_insert(s_keys, s_counts, shared_log2, probes, run_key, run_count, keys, counts,
+                       image, cap_log2, status)
+    return first, n
+
+
+@numba.njit(cache=True)
 def _emulate_histogram(gt, pred, tile_pixels, vec4, block_threads, shared_log2, shared_max_probe,
                        warp_aggregation, cap_log2):
     n_images, n_pixels = gt.shape
@@ -333,6 +361,7 @@ def _emulate_histogram(gt, pred, tile_pixels, vec4, block_threads, shared_log2, 
             end = min(start + tile_pixels, n_pixels)
             seen = np.int64(0)
             for warp in range(n_warps):
+                run_key, run_count = EMPTY_KEY, 0
                 if vec4:
                     quad_end = end >> 2
                     base = (start >> 2) + warp * 32
@@ -349,9 +378,9 @@ def _emulate_histogram(gt, pred, tile_pixels, vec4, block_threads, shared_log2, 
                                 else:
                                     k[lane, j] = EMPTY_KEY
                                     c[lane, j] = 0
-                        _insert_lane_items(k, c, warp_aggregation, s_keys, s_counts,
-                                           shared_log2, probes, keys, counts, image, cap_log2,
-                                           status)
+                        run_key, run_count = _add_span(
+                            k, c, run_key, run_count, warp_aggregation, s_keys, s_counts,
+                            shared_log2, probes, keys, counts, image, cap_log2, status)
                         base += n_warps * 32
                 else:
                     base = start + warp * 128
@@ -368,10 +397,13 @@ def _emulate_histogram(gt, pred, tile_pixels, vec4, block_threads, shared_log2, 
                                 else:
                                     k[lane, j] = EMPTY_KEY
                                     c[lane, j] = 0
-                        _insert_lane_items(k, c, warp_aggregation, s_keys, s_counts,
-                                           shared_log2, probes, keys, counts, image, cap_log2,
-                                           status)
+                        run_key, run_count = _add_span(
+                            k, c, run_key, run_count, warp_aggregation, s_keys, s_counts,
+                            shared_log2, probes, keys, counts, image, cap_log2, status)
                         base += n_warps * 128
+                if run_count != 0:
+                    _shared_insert(s_keys, s_counts, shared_log2, probes, run_key, run_count,
+                                   keys, counts, image, cap_log2, status)
             if (seen >> 31) != 0:
                 status[image] |= STATUS_ID_OUT_OF_RANGE
             for s in range(slots):  # flush

@@ -274,7 +274,7 @@ def test_nvcc_compiles_without_warnings_or_spills(tmp_path, arch, defines):
     assert cubin.returncode == 0, cubin.stderr
     assert "warning" not in cubin.stderr.lower(), cubin.stderr
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", cubin.stderr)
-    assert len(spills) == 4, cubin.stderr
+    assert len(spills) == 5, cubin.stderr
     if not defines:  # the shipped sizes: no local-memory traffic in any kernel
         assert all(s == ("0", "0") for s in spills), cubin.stderr
 
@@ -739,6 +739,19 @@ static inline unsigned __ballot_sync(unsigned, int p) {
     w.bar.arrive_and_wait(); return r;
 }
 static inline int __any_sync(unsigned m, int p) { return __ballot_sync(m, p) != 0u; }
+static inline int __all_sync(unsigned m, int p) { return __ballot_sync(m, p) == 0xffffffffu; }
+static inline unsigned __shfl_up_sync(unsigned, unsigned v, unsigned delta) {
+    ShimWarp& w = shim_warp(); unsigned lane = threadIdx.x & 31;
+    w.values[lane] = v; w.bar.arrive_and_wait();
+    unsigned r = lane >= delta ? w.values[lane - delta] : v;
+    w.bar.arrive_and_wait(); return r;
+}
+static inline unsigned long long __shfl_sync(unsigned, unsigned long long v, int source) {
+    ShimWarp& w = shim_warp(); unsigned lane = threadIdx.x & 31;
+    w.keys[lane] = v; w.bar.arrive_and_wait();
+    unsigned long long r = w.keys[source & 31];
+    w.bar.arrive_and_wait(); return r;
+}
 static inline unsigned __match_any_sync(unsigned, unsigned long long v) {
     ShimWarp& w = shim_warp(); unsigned lane = threadIdx.x & 31;
     w.keys[lane] = v; w.bar.arrive_and_wait();
@@ -1133,7 +1146,12 @@ def test_numba_cuda_twin_on_the_gpu():
         pytest.skip("numba-cuda sees no GPU")
     rng = np.random.default_rng(32)
     gt, pred = voronoi_maps(rng, (3, 64, 80))
-    tables = pairs_cuda.pair_histogram_twin(gt, pred, tile_pixels=1000)
+    try:
+        tables = pairs_cuda.pair_histogram_twin(gt, pred, tile_pixels=1000)
+    except AttributeError as error:  # numba-cuda 0.2x with NumPy >= 2.5 (np.row_stack is gone)
+        if "row_stack" not in str(error):
+            raise
+        pytest.skip(f"this numba-cuda cannot compile kernels with NumPy {np.__version__}: {error}")
     assert_tables_equal_unique(tables, gt, pred)
     gt, pred = random_maps(rng, (2, 60, 70), 60, 70)
     tables = pairs_cuda.pair_histogram_twin(gt, pred, capacity=8192, tile_pixels=1200)
