@@ -13,7 +13,8 @@ print("python", platform.python_version(), "numpy", numpy.__version__, "numba", 
       "cupy", cupy.__version__, "torch", torch.__version__, "cuda", torch.version.cuda)
 PY
 timeout 200 python3 -m pytest -q -rs -p no:cacheprovider -m gpu \
-    tests/test_gpu_kernel.py tests/test_device_state.py tests/test_metric.py 2>&1 \
+    tests/test_gpu_kernel.py tests/test_device_state.py tests/test_device_encoded.py \
+    tests/test_metric.py 2>&1 \
     | tee "$log_dir/gpu_tests.log"
 timeout 60 python3 -m pytest -q -rs -p no:cacheprovider tests/test_torch.py 2>&1 \
     | tee "$log_dir/torch_tests.log"

@@ -43,6 +43,7 @@ from .errors import InputError, SegmentError, where
 from .inputs import is_torch_tensor, on_device, split_segments
 from .kernels.pairs_cuda import (
     DEFAULT_CAPACITY,
+    STATUS_CATEGORY_UNKNOWN,
     STATUS_MESSAGES,
     STATUS_PAIR_TABLE_OVERFLOW,
     STATUS_PRED_CATEGORY_UNKNOWN,
@@ -55,6 +56,14 @@ from .kernels.pairs_cuda import (
     pad_segment_tables,
     pair_histogram_emulated,
 )
+from .kernels.encode_cuda import (
+    MODE_DIVISOR,
+    MODE_PAIRS,
+    category_lut,
+    derive_tables_emulated,
+    encode_emulated,
+    instance_bits,
+)
 from .segments import coco_table
 
 __all__ = ["DEFAULT_CAPACITY", "DeviceAccumulator", "EmulatedBackend", "RefusedUpdates",
@@ -63,7 +72,7 @@ __all__ = ["DEFAULT_CAPACITY", "DeviceAccumulator", "EmulatedBackend", "RefusedU
 #: int64 fields of the refused-update record (see ``kernels/accumulate.cu``).
 RECORD_FIELDS = 6
 _SEGMENT_STATUS = (STATUS_PRED_ID_NOT_LISTED | STATUS_PRED_SEGMENT_ABSENT
-                   | STATUS_PRED_CATEGORY_UNKNOWN)
+                   | STATUS_PRED_CATEGORY_UNKNOWN | STATUS_CATEGORY_UNKNOWN)
 _INT32_MAX = (1 << 31) - 1
 
 
@@ -126,6 +135,16 @@ class EmulatedBackend:
 
     def accumulate(self, partials, state, update: int) -> None:
         accumulate_partials_host(partials, state, update=update)
+
+    def encode(self, gt, pred, *, mode, lut, inst_bits, void_label, divisor=1):
+        shape = gt.shape[:-1] if mode == MODE_PAIRS else gt.shape
+        g, p, status = encode_emulated(np.asarray(gt).reshape(shape[0], -1),
+                                       np.asarray(pred).reshape(shape[0], -1), mode, divisor,
+                                       void_label, np.asarray(lut), inst_bits)
+        return g.reshape(shape), p.reshape(shape), status
+
+    def derive_tables(self, pairs, *, inst_bits, is_thing, crowd_rule):
+        return derive_tables_emulated(pairs, inst_bits, np.asarray(is_thing), crowd_rule)
 
     def upload(self, host: np.ndarray) -> np.ndarray:
         return np.array(host, copy=True)
@@ -288,6 +307,54 @@ def _batches(backend, gt, pred) -> tuple[list, int]:
     return batches, len(maps)
 
 
+def _encoded_batches(backend, gt, pred, pairs: bool) -> tuple[list, int]:
+    """The update's pairs-convention ((H, W, 2) / (B, H, W, 2)) or divisor-convention
+    ((H, W) / (B, H, W)) maps as ``[(gt, pred), ...]`` stacked device batches of equal shape, in
+    input order, and the number of images. Reads metadata only."""
+    xp = backend.xp
+    one = 3 if pairs else 2  # dimensions of one image's map
+    layout = "(H, W, 2) [category, instance]" if pairs else "(H, W) integer"
+    if isinstance(gt, (list, tuple)) != isinstance(pred, (list, tuple)):
+        raise InputError("pass the ground truth and the predictions the same way: both lists of "
+                         "maps, or both one array")
+    if not isinstance(gt, (list, tuple)):
+        g, p = backend.as_array(gt), backend.as_array(pred)
+        for array, what in ((g, "ground-truth"), (p, "predicted")):
+            _check_dtype(array, what, "batch")
+            if array.ndim not in (one, one + 1) or (pairs and array.shape[-1] != 2):
+                raise InputError(f"the {what} maps have shape {tuple(array.shape)}; this "
+                                 f"convention takes {layout} maps or a stack of them")
+        g = g if g.ndim == one + 1 else g[None]
+        p = p if p.ndim == one + 1 else p[None]
+        if g.shape != p.shape:
+            raise InputError(f"the ground-truth maps have shape {tuple(g.shape)} but the "
+                             f"predicted maps {tuple(p.shape)}")
+        return ([(g, p)] if g.shape[0] else []), g.shape[0]
+    if len(gt) != len(pred):
+        raise InputError(f"{len(gt)} ground-truth maps but {len(pred)} predicted maps")
+    maps = []
+    for k, (g, p) in enumerate(zip(gt, pred)):
+        loc = where(k)
+        g, p = backend.as_array(g), backend.as_array(p)
+        for array, what in ((g, "ground-truth"), (p, "predicted")):
+            _check_dtype(array, what, loc)
+            if array.ndim != one or (pairs and array.shape[-1] != 2):
+                raise InputError(f"{loc}: the {what} map has shape {tuple(array.shape)}; this "
+                                 f"convention takes {layout} maps")
+        if g.shape != p.shape:
+            raise InputError(f"{loc}: the ground truth is {g.shape[0]}x{g.shape[1]} but the "
+                             f"prediction is {p.shape[0]}x{p.shape[1]}")
+        maps.append((g, p))
+    batches = []
+    start = 0
+    for k in range(1, len(maps) + 1):
+        if k == len(maps) or maps[k][0].shape != maps[start][0].shape:
+            run = maps[start:k]
+            batches.append((xp.stack([g for g, _ in run]), xp.stack([p for _, p in run])))
+            start = k
+    return batches, len(maps)
+
+
 # -- segment tables --------------------------------------------------------------------------------
 
 def _tables(gt_segments, pred_segments, categories: Categories, first: int):
@@ -349,6 +416,7 @@ class DeviceAccumulator:
                 np.zeros(RECORD_FIELDS, np.int64)))
             self._marker = backend.marker()
         self.n_images = acc.n_images  # including refused images until to_host()
+        self._encoded = None  # (lut, is_thing, inst_bits) of the pairs/divisor conventions
 
     def add(self, backend, gt, pred, gt_segments, pred_segments, *, update: int) -> int:
         """Queue one update; returns its number of images.
@@ -390,6 +458,52 @@ class DeviceAccumulator:
         self.backend = backend
         self.n_images += n_images
         return n_images
+
+    def add_encoded(self, backend, gt, pred, convention, *, update: int) -> int:
+        """Queue one pairs- or divisor-convention update (segments come from the ids, on the
+        device); returns its number of images. Refusals as in :meth:`add`."""
+        if backend.key != self.backend.key:
+            raise ValueError(f"this state lives on {self.backend.key}, the maps on {backend.key}")
+        pairs = convention.name == "pairs"
+        with backend:
+            batches, n_images = _encoded_batches(backend, gt, pred, pairs)
+            if n_images == 0:
+                raise InputError("empty input: no images to evaluate")
+            lut, is_thing, inst_bits = self._encoding(backend)
+            backend.wait_for(self._marker)
+            partials = []
+            for g, p in batches:
+                gt_ids, pred_ids, status = backend.encode(
+                    g, p, mode=MODE_PAIRS if pairs else MODE_DIVISOR, lut=lut,
+                    inst_bits=inst_bits, void_label=convention.void_label,
+                    divisor=1 if pairs else convention.label_divisor)
+                tables = backend.histogram(gt_ids, pred_ids, self.pair_capacity)
+                gt_tables, pred_tables = backend.derive_tables(
+                    tables, inst_bits=inst_bits, is_thing=is_thing,
+                    crowd_rule=convention.thing_instance_zero == "crowd")
+                match = backend.match(tables, gt_tables, pred_tables, len(self.categories))
+                partials.append(match._replace(status=match.status | status))
+            xp = backend.xp
+            joined = partials[0] if len(partials) == 1 else MatchPartials(
+                *(xp.concatenate([getattr(m, name) for m in partials])
+                  for name in ("tp", "fp", "fn", "iou_sum")),
+                None, None, xp.concatenate([m.status for m in partials]))
+            backend.accumulate(joined, self.state, update)
+            self._marker = backend.marker()
+        self.backend = backend
+        self.n_images += n_images
+        return n_images
+
+    def _encoding(self, backend):
+        """Device category lookup table, thing mask and instance bits (uploaded once)."""
+        if self._encoded is None:
+            found = category_lut(self.categories.ids, self.categories.thing_mask)
+            if found is None:
+                raise InputError("the GPU path of the pairs and divisor conventions needs "
+                                 "category ids in [0, 2**20); pass host maps")
+            self._encoded = (backend.upload(found[0]), backend.upload(found[1]),
+                             instance_bits(len(self.categories)))
+        return self._encoded
 
     def to_host(self) -> tuple[PQAccumulator, RefusedUpdates | None]:
         """The sums as a host accumulator, and the refused updates (synchronises once)."""

@@ -44,8 +44,8 @@ from fastpq.kernels.pairs_cuda import (
 
 __all__ = [
     "CupyBackend", "MatchPartials", "PairTables", "SegmentTables", "accumulate_partials",
-    "accumulate_source", "cuda_source", "match_batch", "pair_histogram_batch",
-    "pair_histogram_retrying",
+    "accumulate_source", "cuda_source", "derive_segment_tables", "encode_batch", "encode_source",
+    "match_batch", "pair_histogram_batch", "pair_histogram_retrying",
 ]
 
 _INSTALL_HINT = "fastpq's GPU path needs CuPy: pip install fastpq[gpu]"
@@ -62,6 +62,11 @@ def accumulate_source() -> str:
     """The text of ``accumulate.cu``, shipped as package data of ``fastpq.kernels``."""
     return resources.files("fastpq.kernels").joinpath("accumulate.cu").read_text(
         encoding="utf-8")
+
+
+def encode_source() -> str:
+    """The text of ``encode.cu``, shipped as package data of ``fastpq.kernels``."""
+    return resources.files("fastpq.kernels").joinpath("encode.cu").read_text(encoding="utf-8")
 
 
 def _cupy():
@@ -391,6 +396,63 @@ def accumulate_partials(partials: MatchPartials, state, *, update: int, stream=N
         )
 
 
+def encode_batch(gt, pred, *, mode: int, lut, inst_bits: int, void_label: int,
+                 divisor: int = 1, stream=None):
+    """Encoded int32 id maps of a batch of pairs-convention ((B, H, W, 2) [category, instance])
+    or divisor-convention ((B, H, W) ids) maps, and their (B,) status bits
+    (``kernels/encode.cu``; ``mode`` from :mod:`fastpq.kernels.encode_cuda`). ``lut`` is the
+    device category lookup table. Returns ``(gt_ids, pred_ids, status)`` of shape (B, H, W),
+    (B, H, W), (B,). Nothing is synchronised."""
+    from fastpq.kernels.encode_cuda import MODE_PAIRS
+
+    cp = _cupy()
+    device_id = _device_id(cp, gt)
+    with cp.cuda.Device(device_id), _stream(cp, stream, device_id, (gt, pred)):
+        g, q = _as_device_array(cp, gt), _as_device_array(cp, pred)
+        if g.shape != q.shape:
+            raise ValueError(f"gt and pred maps must have the same shape, got {tuple(g.shape)} "
+                             f"and {tuple(q.shape)}")
+        shape = g.shape[:-1] if mode == MODE_PAIRS else g.shape
+        n_images = shape[0]
+        n_pixels = int(np.prod(shape[1:], dtype=np.int64))
+        g2d, q2d = batch_label_maps(g.reshape(n_images, -1), q.reshape(n_images, -1), cp)
+        gt_ids = cp.empty(shape, cp.int32)
+        pred_ids = cp.empty(shape, cp.int32)
+        status = cp.zeros(n_images, cp.int32)
+        if n_images and n_pixels:
+            kernel = _kernel(cp, "encode_maps_i32" if g2d.dtype == cp.int32 else
+                             "encode_maps_i64", encode_source)
+            tiles = min(-(-n_pixels // BLOCK_THREADS), 1024)
+            for first in range(0, n_images, MAX_GRID_Y):
+                last = min(first + MAX_GRID_Y, n_images)
+                kernel((tiles, last - first), (BLOCK_THREADS,),
+                       (g2d[first:last], q2d[first:last], np.int64(n_pixels), np.int32(mode),
+                        np.int64(divisor), np.int64(void_label), lut, np.int64(lut.size),
+                        np.int32(inst_bits), gt_ids[first:last], pred_ids[first:last],
+                        status[first:last]))
+    return gt_ids, pred_ids, status
+
+
+def derive_segment_tables(pairs: PairTables, *, inst_bits: int, is_thing, crowd_rule: bool,
+                          stream=None) -> tuple[SegmentTables, SegmentTables]:
+    """GT and predicted SegmentTables of encoded maps, from their sorted pair tables
+    (``derive_segment_tables`` in ``kernels/encode.cu``). Nothing is synchronised."""
+    cp = _cupy()
+    device_id = pairs.gt.device.id
+    with cp.cuda.Device(device_id), _stream(cp, stream, device_id, ()):
+        n_images, cap = pairs.gt.shape
+        tables = [cp.empty((n_images, cap), cp.int32) for _ in range(6)]
+        n_gt, n_pred = cp.empty(n_images, cp.int32), cp.empty(n_images, cp.int32)
+        if n_images:
+            _kernel(cp, "derive_segment_tables", encode_source)(
+                (n_images,), (MATCH_THREADS,),
+                (pairs.gt, pairs.pred, pairs.n_pairs, np.int32(cap.bit_length() - 1),
+                 np.int32(inst_bits), is_thing, np.int32(bool(crowd_rule)), tables[0],
+                 tables[1], tables[2], tables[3], n_gt, tables[4], tables[5], n_pred))
+    return (SegmentTables(tables[1], tables[2], tables[3], None, n_gt),
+            SegmentTables(tables[4], tables[5], None, None, n_pred))
+
+
 class _PinnedStaging:
     """Page-locked host buffers for host-to-device copies that never wait for the device.
 
@@ -482,6 +544,12 @@ class CupyBackend:
 
     def accumulate(self, partials, state, update: int) -> None:
         accumulate_partials(partials, state, update=update, stream=self.stream)
+
+    def encode(self, gt, pred, **options):
+        return encode_batch(gt, pred, stream=self.stream, **options)
+
+    def derive_tables(self, pairs, **options):
+        return derive_segment_tables(pairs, stream=self.stream, **options)
 
     def upload(self, host: np.ndarray):
         """A device copy of a host array, queued on the stream from pinned memory."""

@@ -21,7 +21,7 @@ from .api import iter_matches
 from .categories import Categories
 from .distributed import is_distributed, reduce_accumulator
 from .errors import InputError
-from .inputs import Convention
+from .inputs import Convention, pick_convention
 from .kernels.pairs_cuda import DEFAULT_CAPACITY, capacity_log2
 from .result import PQResult
 from .variants import Scoring
@@ -72,9 +72,8 @@ class PanopticQuality:
     Host maps (NumPy arrays, torch CPU tensors, contiguous or not) are read in place, without
     copies.
 
-    GPU maps (CUDA torch tensors, CuPy arrays) in the COCO convention (id or RGB maps with
-    segments_info), with the default metric and convention and without ``per_image``, are
-    evaluated on their GPU (CuPy needed: ``pip install fastpq[gpu]``): ``update`` builds the
+    GPU maps (CUDA torch tensors, CuPy arrays), with the default metric and convention and
+    without ``per_image``, are evaluated on their GPU (CuPy needed: ``pip install fastpq[gpu]``): ``update`` builds the
     segment tables on the host, copies them to the device (one copy from pinned memory), queues
     the kernels on the maps' stream (torch's current stream for tensors, CuPy's for CuPy arrays)
     and returns without waiting for the device. The running sums stay on the device until the
@@ -86,8 +85,14 @@ class PanopticQuality:
     segments_info, listed predicted segments without pixels. Not checked on the GPU path (the
     host path refuses them): GT ids missing from segments_info (counted as non-void, as
     panopticapi does), listed GT segments without pixels (false negatives), ids in
-    [2**24, 2**31). GPU maps in other cases (pairs or divisor convention, ``per_image``, other
-    metrics or conventions) are copied to the host (a synchronisation) and take the host path.
+    [2**24, 2**31). In the pairs and divisor conventions nothing is built on the host: the
+    maps are encoded to int32 ids on the device ((dense category + 1) << bits | instance, with
+    31 - bits the bit length of the number of categories), and the segment tables come from
+    the pair tables, on the device. Raised at the next ``compute``/``sync`` there: categories
+    neither in the table nor the void label, categories or instances outside [0, 2**31), and
+    instances too large for the encoding (at least 2**23 with 133 categories; host maps take
+    any). GPU maps in other cases (``per_image``, other metrics or conventions) are copied to
+    the host (a synchronisation) and take the host path.
 
     The metric is picklable; the process group is not pickled (an unpickled metric uses the
     default group).
@@ -144,22 +149,23 @@ class PanopticQuality:
             self._refused = refused if self._refused is None else self._refused.merge(refused)
 
     def _on_gpu(self, gt, pred, gt_segments, per_image):
-        """The device backend of this update when its maps live on a GPU and the GPU path covers
-        it (the state is then on that device), else None."""
-        if (per_image or gt_segments is None or self.label_divisor is not None
-                or self.metric != "pq" or self.convention != "panopticapi"):
+        """The device backend and input convention of this update when its maps live on a GPU
+        and the GPU path covers it (the state is then on that device), else None."""
+        if per_image or self.metric != "pq" or self.convention != "panopticapi":
             return None
         from . import device_state
 
         backend = device_state.device_backend(gt, pred)
         if backend is None:
             return None
+        convention = pick_convention(gt, gt_segments, self.label_divisor, self.void_label,
+                                     self.thing_instance_zero)
         if self._device is not None and self._device.backend.key != backend.key:
             self._to_host()  # the maps moved to another device: the state follows
         if self._device is None:
             self._device = device_state.DeviceAccumulator(backend, self._acc,
                                                           pair_capacity=self.pair_capacity)
-        return backend
+        return backend, convention
 
     def update(self, gt, pred, *, gt_segments=None, pred_segments=None,
                per_image: bool = False) -> None:
@@ -191,9 +197,13 @@ class PanopticQuality:
         """
         update = self._n_updates
         self._n_updates += 1
-        backend = self._on_gpu(gt, pred, gt_segments, per_image)
-        if backend is not None:
-            self._device.add(backend, gt, pred, gt_segments, pred_segments, update=update)
+        on_gpu = self._on_gpu(gt, pred, gt_segments, per_image)
+        if on_gpu is not None:
+            backend, convention = on_gpu
+            if convention.name == "coco":
+                self._device.add(backend, gt, pred, gt_segments, pred_segments, update=update)
+            else:
+                self._device.add_encoded(backend, gt, pred, convention, update=update)
             return
         self._to_host()
         if per_image or self.metric != "pq" or self.convention != "panopticapi":

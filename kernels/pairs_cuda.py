@@ -51,6 +51,8 @@ STATUS_ID_OUT_OF_RANGE = 2
 STATUS_PRED_ID_NOT_LISTED = 4
 STATUS_PRED_SEGMENT_ABSENT = 8
 STATUS_PRED_CATEGORY_UNKNOWN = 16
+STATUS_CATEGORY_UNKNOWN = 32  # encode.cu: a map's category is neither in the table nor void
+STATUS_INSTANCE_TOO_LARGE = 64  # encode.cu: an instance id beyond the encoded ids' range
 
 STATUS_MESSAGES = {
     STATUS_PAIR_TABLE_OVERFLOW: "more distinct (gt, pred) pairs than the pair table capacity",
@@ -58,6 +60,10 @@ STATUS_MESSAGES = {
     STATUS_PRED_ID_NOT_LISTED: "a non-zero predicted id in the map is not in the segment table",
     STATUS_PRED_SEGMENT_ABSENT: "a predicted segment of the table has no pixel in the map",
     STATUS_PRED_CATEGORY_UNKNOWN: "a predicted segment in the map has an unknown category",
+    STATUS_CATEGORY_UNKNOWN: "a map has pixels of a category that is neither in the category "
+                             "table nor the void label",
+    STATUS_INSTANCE_TOO_LARGE: "an instance id too large for the GPU path's encoded ids "
+                               "(pass host maps to evaluate it)",
 }
 
 

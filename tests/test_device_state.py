@@ -7,6 +7,7 @@ refusals. ``accumulate.cu`` itself runs on CPU threads through the CUDA shim of
 test_gpu_kernel.py and is compiled by nvcc/NVRTC. Tests marked ``gpu`` run the real thing.
 """
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -50,10 +51,23 @@ def columns(images):
     return tuple(list(x) for x in zip(*images))
 
 
+@contextlib.contextmanager
+def host_path():
+    """Updates inside take the host path, also under the ``emulated`` fixture."""
+    saved = device_state.device_backend
+    device_state.device_backend = lambda gt, pred: None
+    try:
+        yield
+    finally:
+        device_state.device_backend = saved
+
+
 def host_metric(images):
     metric = fastpq.PanopticQuality(COCO)
     gts, gsegs, preds, psegs = columns(images)
-    metric.update(gts, preds, gt_segments=gsegs, pred_segments=psegs)
+    with host_path():
+        metric.update(gts, preds, gt_segments=gsegs, pred_segments=psegs)
+    assert metric._device is None
     return metric
 
 
@@ -115,7 +129,9 @@ def test_stacked_batches_rgb_maps_and_kernel_work_splits(images, emulated):
     metric.update(rgb[0], preds[0], gt_segments=gsegs[0], pred_segments=psegs[0])
     metric.update(np.stack(rgb[1:]), np.stack(preds[1:]), gt_segments=gsegs[1:],
                   pred_segments=psegs[1:])
-    expected = feed(fastpq.PanopticQuality(COCO), images[:18] + images[12:18], [6, 12, 13, 18])
+    with host_path():
+        expected = feed(fastpq.PanopticQuality(COCO), images[:18] + images[12:18],
+                        [6, 12, 13, 18])
     assert_same_state(metric, expected)
 
 
@@ -130,7 +146,8 @@ def test_reads_in_between_keep_the_bits(images, emulated):
         start = stop
     with pytest.MonkeyPatch.context() as host:
         host.setattr(device_state, "device_backend", lambda gt, pred: None)
-        expected = feed(fastpq.PanopticQuality(COCO), images, [3, 9, 10, 16, 24])
+        with host_path():
+            expected = feed(fastpq.PanopticQuality(COCO), images, [3, 9, 10, 16, 24])
     assert_same_state(metric, expected)
 
 

@@ -1,0 +1,177 @@
+// fastpq GPU kernels for maps whose ids encode (category, instance): the pairs convention
+// ((B, H, W, 2) [category, instance] maps, torchmetrics' layout) and the divisor convention
+// (id = category * divisor + instance). They turn such maps into the int32 id maps that
+// pairs.cu histograms, and derive the segment tables from the pair tables, so that these
+// conventions need no segments_info and no host work (SPEC: segments come from the ids).
+//
+// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu.py). kernels/encode_cuda.py holds
+// the CPU twins.
+//
+// Encoded id of a pixel: 0 for void (category == void_label), else
+//     ((dense category index + 1) << inst_bits) | instance,
+// with inst_bits = 31 - bit length of the number of categories, so ids stay in [0, 2^31).
+// Ascending encoded ids order segments by category, then instance, as the host's ids do within
+// a category; the matcher's per-category sums therefore come in the host's order.
+
+#ifndef FASTPQ_BLOCK_THREADS
+#define FASTPQ_BLOCK_THREADS 256
+#endif
+#ifndef FASTPQ_MATCH_THREADS
+#define FASTPQ_MATCH_THREADS 128
+#endif
+
+// status bits shared with pairs.cu (kernels/pairs_cuda.py names them)
+#define STATUS_ID_OUT_OF_RANGE 2        // a category or instance outside [0, 2^31)
+#define STATUS_CATEGORY_UNKNOWN 32      // a category neither in the table nor the void label
+#define STATUS_INSTANCE_TOO_LARGE 64    // an instance id >= 2^inst_bits
+
+#define MODE_PAIRS 0
+#define MODE_DIVISOR 1
+
+__device__ __forceinline__ int encode_pixel(long long category, long long instance,
+                                            long long void_label, const int* __restrict__ lut,
+                                            long long lut_size, int inst_bits, int& bad)
+{
+    if (category == void_label) {
+        return 0;
+    }
+    const int dense = (category >= 0 && category < lut_size) ? lut[category] : -1;
+    if (dense < 0) {
+        bad |= STATUS_CATEGORY_UNKNOWN;
+        return 0;
+    }
+    if (instance >> inst_bits) {
+        bad |= STATUS_INSTANCE_TOO_LARGE;
+        return 0;
+    }
+    return ((dense + 1) << inst_bits) | (int)instance;
+}
+
+template <typename T>
+__device__ __forceinline__ int encode_at(const T* __restrict__ map, long long i, int mode,
+                                         long long divisor, long long void_label,
+                                         const int* __restrict__ lut, long long lut_size,
+                                         int inst_bits, int& bad)
+{
+    long long category, instance;
+    if (mode == MODE_PAIRS) {
+        category = (long long)map[2 * i];
+        instance = (long long)map[2 * i + 1];
+        if ((category | instance) < 0 || ((category | instance) >> 31)) {
+            bad |= STATUS_ID_OUT_OF_RANGE;
+            return 0;
+        }
+    } else {
+        const long long id = (long long)map[i];
+        if (id < 0) {
+            bad |= STATUS_ID_OUT_OF_RANGE;
+            return 0;
+        }
+        category = (long long)((unsigned long long)id / (unsigned long long)divisor);
+        instance = id - category * divisor;
+    }
+    return encode_pixel(category, instance, void_label, lut, lut_size, inst_bits, bad);
+}
+
+// Grid (tiles, B), FASTPQ_BLOCK_THREADS threads; block (t, b) strides over image b's pixels.
+template <typename T>
+__device__ __forceinline__ void encode_maps(const T* __restrict__ gt, const T* __restrict__ pred,
+                                            long long n_pixels, int mode, long long divisor,
+                                            long long void_label, const int* __restrict__ lut,
+                                            long long lut_size, int inst_bits,
+                                            int* __restrict__ gt_ids, int* __restrict__ pred_ids,
+                                            int* __restrict__ status)
+{
+    const long long image = blockIdx.y;
+    const long long values = mode == MODE_PAIRS ? 2 : 1;
+    const T* g = gt + image * n_pixels * values;
+    const T* p = pred + image * n_pixels * values;
+    int* g_out = gt_ids + image * n_pixels;
+    int* p_out = pred_ids + image * n_pixels;
+    int bad = 0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_pixels;
+         i += stride) {
+        g_out[i] = encode_at(g, i, mode, divisor, void_label, lut, lut_size, inst_bits, bad);
+        p_out[i] = encode_at(p, i, mode, divisor, void_label, lut, lut_size, inst_bits, bad);
+    }
+    if (bad) {
+        atomicOr(status + image, bad);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(FASTPQ_BLOCK_THREADS)
+encode_maps_i32(const int* __restrict__ gt, const int* __restrict__ pred, long long n_pixels,
+                int mode, long long divisor, long long void_label, const int* __restrict__ lut,
+                long long lut_size, int inst_bits, int* __restrict__ gt_ids,
+                int* __restrict__ pred_ids, int* __restrict__ status)
+{
+    encode_maps<int>(gt, pred, n_pixels, mode, divisor, void_label, lut, lut_size, inst_bits,
+                     gt_ids, pred_ids, status);
+}
+
+extern "C" __global__ void __launch_bounds__(FASTPQ_BLOCK_THREADS)
+encode_maps_i64(const long long* __restrict__ gt, const long long* __restrict__ pred,
+                long long n_pixels, int mode, long long divisor, long long void_label,
+                const int* __restrict__ lut, long long lut_size, int inst_bits,
+                int* __restrict__ gt_ids, int* __restrict__ pred_ids, int* __restrict__ status)
+{
+    encode_maps<long long>(gt, pred, n_pixels, mode, divisor, void_label, lut, lut_size,
+                           inst_bits, gt_ids, pred_ids, status);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment tables from sorted pair tables: grid (B), FASTPQ_MATCH_THREADS threads.
+// GT segments: the distinct non-zero gt ids, ascending (the pair table is sorted by gt id).
+// Predicted segments: the distinct non-zero pred ids, in order of first appearance.
+// Category: (id >> inst_bits) - 1. A GT segment is a crowd region when crowd_rule is set, its
+// category is a thing (is_thing) and its instance is 0 (the Cityscapes convention).
+// first (B, cap) int32 is scratch. Rows have the pair tables' capacity as stride.
+// ---------------------------------------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(FASTPQ_MATCH_THREADS)
+derive_segment_tables(const int* __restrict__ pair_gt, const int* __restrict__ pair_pred,
+                      const int* __restrict__ n_pairs, int cap_log2, int inst_bits,
+                      const int* __restrict__ is_thing, int crowd_rule,
+                      int* __restrict__ first, int* __restrict__ gt_id,
+                      int* __restrict__ gt_category, int* __restrict__ gt_iscrowd,
+                      int* __restrict__ n_gt, int* __restrict__ pred_id,
+                      int* __restrict__ pred_category, int* __restrict__ n_pred)
+{
+    const long long row = (long long)blockIdx.x << cap_log2;
+    const int np = n_pairs[blockIdx.x];
+    const int instance_mask = (1 << inst_bits) - 1;
+
+    for (int i = threadIdx.x; i < np; i += blockDim.x) {
+        const int p = pair_pred[row + i];
+        int is_first = p != 0;
+        for (int j = 0; j < i && is_first; ++j) {
+            is_first = pair_pred[row + j] != p;
+        }
+        first[row + i] = is_first;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) {
+        return;
+    }
+    int ng = 0;
+    int nq = 0;
+    for (int i = 0; i < np; ++i) {
+        const int g = pair_gt[row + i];
+        if (g != 0 && (i == 0 || pair_gt[row + i - 1] != g)) {
+            const int category = (g >> inst_bits) - 1;
+            gt_id[row + ng] = g;
+            gt_category[row + ng] = category;
+            gt_iscrowd[row + ng] = crowd_rule && is_thing[category] && (g & instance_mask) == 0;
+            ++ng;
+        }
+        if (first[row + i]) {
+            const int p = pair_pred[row + i];
+            pred_id[row + nq] = p;
+            pred_category[row + nq] = (p >> inst_bits) - 1;
+            ++nq;
+        }
+    }
+    n_gt[blockIdx.x] = ng;
+    n_pred[blockIdx.x] = nq;
+}

@@ -1,0 +1,336 @@
+"""The GPU path of the pairs and divisor conventions (kernels/encode.cu, DeviceAccumulator.
+add_encoded): maps encoded to int32 ids on the device, segment tables derived from the pair tables.
+
+On the CPU the glue runs on :class:`EmulatedBackend` and must give the host path's state bitwise;
+encode.cu runs on CPU threads through the CUDA shim and must equal its emulation; nvcc and NVRTC
+compile it. Tests marked ``gpu`` run the real kernels.
+"""
+
+import ctypes
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import fastpq
+from fastpq.errors import InputError, SegmentError
+from fastpq.kernels import encode_cuda, pairs_cuda
+from fastpq.kernels.encode_cuda import MODE_DIVISOR, MODE_PAIRS
+from conventions import divisor_map, pairs_map
+from test_device_state import _torch_cuda, assert_same_state, emulated, host_path, images  # noqa: F401
+from test_gpu_kernel import CUDA_SHIM, HAS_GPU, NVCC
+
+COCO = fastpq.Categories.coco_panoptic()
+ENCODE_SOURCE = os.path.join(os.path.dirname(pairs_cuda.__file__), "encode.cu")
+requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
+
+
+def encoded(images, kind):
+    """(gts, preds) of the images in the pairs or divisor convention."""
+    convert = pairs_map if kind == "pairs" else divisor_map
+    return ([convert(g, gs) for g, gs, _, _ in images], [convert(p, ps) for _, _, p, ps in images])
+
+
+def options(kind, thing_instance_zero="crowd"):
+    return dict(label_divisor=None if kind == "pairs" else 1000,
+                thing_instance_zero=thing_instance_zero)
+
+
+def host_metric(gts, preds, kind, **extra):
+    metric = fastpq.PanopticQuality(COCO, **options(kind, **extra))
+    with host_path():
+        metric.update(gts, preds)
+    assert metric._device is None
+    return metric
+
+
+# -- the glue on the CPU emulation ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["pairs", "divisor"])
+@pytest.mark.parametrize("thing_instance_zero", ["crowd", "instance"])
+def test_encoded_updates_equal_the_host_path(images, emulated, kind, thing_instance_zero):
+    gts, preds = encoded(images, kind)
+    want = host_metric(gts + gts[:1], preds + preds[:1], kind,
+                       thing_instance_zero=thing_instance_zero)
+    metric = fastpq.PanopticQuality(COCO, **options(kind, thing_instance_zero))
+    metric.update(np.stack(gts[:10]), np.stack(preds[:10]))  # one stacked batch
+    metric.update(gts[10:], preds[10:])  # a list of mixed sizes: several batches
+    metric.update(gts[0], preds[0])  # one image
+    assert metric._device is not None
+    assert_same_state(metric, want)
+
+
+def test_crowd_regions_and_void_come_from_the_ids(emulated):
+    """Thing instance 0 in the GT is a crowd region (unmatched predictions over it are not
+    false positives); void pixels, whatever their instance, count nowhere."""
+    person, sky = 1, 187  # a thing and a stuff category of COCO panoptic
+    gt = np.zeros((8, 12, 2), np.int64)
+    gt[:, :6] = (person, 0)  # a crowd region
+    gt[:, 6:10] = (person, 3)
+    gt[:, 10:] = (0, 9)  # void
+    pred = np.zeros_like(gt)
+    pred[:, :6] = (person, 5)  # over the crowd: not a false positive
+    pred[:, 6:10] = (person, 4)  # matches instance 3
+    pred[:, 10:] = (sky, 0)  # over void only: ignored
+    want = fastpq.evaluate(gt, pred, categories=COCO)
+    metric = fastpq.PanopticQuality(COCO)
+    metric.update(gt[None], pred[None])
+    got = metric.compute()
+    assert got.to_dict() == want.to_dict()
+    assert got.per_class[person].tp == 1 and got.per_class[person].fp == 0
+    assert got.per_class[sky].fp == 0
+
+
+@pytest.mark.parametrize("kind", ["pairs", "divisor"])
+def test_unknown_categories_are_segment_errors_at_compute(images, emulated, kind):
+    gts, preds = encoded(images[:4], kind)
+    bad = preds[1].copy()
+    if kind == "pairs":
+        bad[:3, :3] = (999, 1)
+    else:
+        bad[:3, :3] = 999 * 1000 + 1
+    metric = fastpq.PanopticQuality(COCO, **options(kind))
+    metric.update(gts[:2], [preds[0], bad])  # refused as a whole
+    metric.update(gts[2:], preds[2:])
+    with pytest.raises(SegmentError, match="image 1 of update 0.*neither in the category table"):
+        metric.compute()
+    assert_same_state(metric, host_metric(gts[2:], preds[2:], kind))
+
+
+def test_out_of_range_and_too_large_instances_are_input_errors(images, emulated):
+    gts, preds = encoded(images[:2], "pairs")
+    negative = gts[0].copy()
+    negative[0, 0] = (1, -1)
+    metric = fastpq.PanopticQuality(COCO)
+    metric.update([negative], preds[:1])
+    with pytest.raises(InputError, match="outside \\[0, 2\\*\\*31\\)"):
+        metric.compute()
+    large = gts[0].copy()
+    large[0, 0] = (1, 1 << encode_cuda.instance_bits(len(COCO)))
+    metric.update([large], preds[:1])
+    with pytest.raises(InputError, match="too large for the GPU path"):
+        metric.compute()
+    assert metric.compute().n_images == 0
+
+
+def test_bad_shapes_are_refused_at_update(images, emulated):
+    gts, preds = encoded(images[:2], "pairs")
+    metric = fastpq.PanopticQuality(COCO)
+    with pytest.raises(InputError, match="\\(H, W, 2\\)"):
+        metric.update(gts[0][..., :1], preds[0][..., :1])
+    with pytest.raises(InputError, match="the ground truth is"):
+        metric.update([gts[0]], [preds[0][:-1]])
+    with pytest.raises(InputError, match="dtype float64"):
+        metric.update(gts[0].astype(float), preds[0].astype(float))
+
+
+def test_instance_bits_and_lookup_table():
+    assert encode_cuda.instance_bits(133) == 23 and encode_cuda.instance_bits(19) == 26
+    with pytest.raises(ValueError):
+        encode_cuda.instance_bits(1 << 24)
+    lut, is_thing = encode_cuda.category_lut([3, 1, 7], [True, False, True])
+    assert lut.tolist() == [-1, 1, -1, 0, -1, -1, -1, 2] and is_thing.tolist() == [1, 0, 1]
+    assert encode_cuda.category_lut([-1, 2], [0, 0]) is None
+
+
+# -- encode.cu itself -----------------------------------------------------------------------------
+
+ENCODE_DRIVER = r"""
+#include "cuda_shim.h"
+#include "encode.cu"
+extern "C" {
+void run_encode(int wide, const void* gt, const void* pred, long long n_images,
+                long long n_pixels, int mode, long long divisor, long long void_label,
+                const int* lut, long long lut_size, int inst_bits, int* gt_ids, int* pred_ids,
+                int* status) {
+    dim3 grid; grid.x = 3; grid.y = (unsigned)n_images;  // several blocks stride over an image
+    dim3 block; block.x = 64;
+    if (wide) shim_launch(grid, block, [&] { encode_maps_i64((const long long*)gt,
+        (const long long*)pred, n_pixels, mode, divisor, void_label, lut, lut_size, inst_bits,
+        gt_ids, pred_ids, status); });
+    else shim_launch(grid, block, [&] { encode_maps_i32((const int*)gt, (const int*)pred,
+        n_pixels, mode, divisor, void_label, lut, lut_size, inst_bits, gt_ids, pred_ids,
+        status); });
+}
+void run_derive(long long n_images, const int* pair_gt, const int* pair_pred, const int* n_pairs,
+                int cap_log2, int inst_bits, const int* is_thing, int crowd_rule, int* first,
+                int* gt_id, int* gt_category, int* gt_iscrowd, int* n_gt, int* pred_id,
+                int* pred_category, int* n_pred) {
+    dim3 grid; grid.x = (unsigned)n_images; dim3 block; block.x = 32;
+    shim_launch(grid, block, [&] { derive_segment_tables(pair_gt, pair_pred, n_pairs, cap_log2,
+        inst_bits, is_thing, crowd_rule, first, gt_id, gt_category, gt_iscrowd, n_gt, pred_id,
+        pred_category, n_pred); });
+}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def encode_shim(tmp_path_factory):
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ is not installed")
+    folder = tmp_path_factory.mktemp("encode")
+    (folder / "cuda_shim.h").write_text(CUDA_SHIM)
+    (folder / "driver.cpp").write_text(ENCODE_DRIVER)
+    build = subprocess.run(
+        [compiler, "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra",
+         "-Wno-unused-function", "-I", os.path.dirname(ENCODE_SOURCE), "-o",
+         str(folder / "shim.so"), str(folder / "driver.cpp")],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0 and "warning" not in build.stderr, build.stderr
+    return ctypes.CDLL(str(folder / "shim.so"))
+
+
+def _p(array):
+    return ctypes.c_void_p(array.ctypes.data)
+
+
+def _shim_encode(shim, gt, pred, mode, divisor, void_label, lut, inst_bits):
+    n_images = gt.shape[0]
+    n_pixels = gt.shape[1] // (2 if mode == MODE_PAIRS else 1)
+    out = [np.full((n_images, n_pixels), -7, np.int32) for _ in range(2)]
+    status = np.zeros(n_images, np.int32)
+    shim.run_encode(ctypes.c_int(int(gt.dtype == np.int64)), _p(gt), _p(pred),
+                    ctypes.c_longlong(n_images), ctypes.c_longlong(n_pixels), ctypes.c_int(mode),
+                    ctypes.c_longlong(divisor), ctypes.c_longlong(void_label), _p(lut),
+                    ctypes.c_longlong(lut.size), ctypes.c_int(inst_bits), _p(out[0]), _p(out[1]),
+                    _p(status))
+    return out[0], out[1], status
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_encode_cu_on_cpu_threads_equals_its_emulation(encode_shim, dtype):
+    rng = np.random.default_rng(5)
+    lut, _ = encode_cuda.category_lut([1, 2, 5, 9], [1, 0, 1, 0])
+    inst_bits = 9
+    for mode in (MODE_PAIRS, MODE_DIVISOR):
+        values = 2 if mode == MODE_PAIRS else 1
+        shape = (3, 150 * values)
+        if mode == MODE_PAIRS:
+            gt = rng.choice([0, 1, 2, 5, 9], shape).astype(dtype)
+            gt[:, 1::2] = rng.integers(0, 4, (3, 150))
+        else:
+            gt = (rng.choice([0, 1, 2, 5, 9], shape) * 1000 + rng.integers(0, 4, shape))
+            gt = gt.astype(dtype)
+        pred = gt.copy()
+        pred[1, :4] = [7, 1, 3, 2][:4] if mode == MODE_PAIRS else [7000, 1, 3000, 2]  # unknown 7
+        pred[2, 5] = -1  # out of range
+        gt[2, 9] = 1 << inst_bits if mode == MODE_PAIRS else 2000 + (1 << inst_bits)
+        if mode == MODE_PAIRS:
+            gt[2, 8] = 1  # its category: instance 2**9 is too large
+        divisor = 1000 if mode == MODE_DIVISOR else 1
+        got = _shim_encode(encode_shim, gt, pred, mode, divisor, 0, lut, inst_bits)
+        want = encode_cuda.encode_emulated(gt, pred, mode, divisor, 0, lut, inst_bits)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        assert want[2].tolist() == [
+            0, pairs_cuda.STATUS_CATEGORY_UNKNOWN,
+            pairs_cuda.STATUS_ID_OUT_OF_RANGE | pairs_cuda.STATUS_INSTANCE_TOO_LARGE]
+
+
+def test_derive_cu_on_cpu_threads_equals_its_emulation(encode_shim):
+    rng = np.random.default_rng(6)
+    inst_bits = 9
+    is_thing = np.array([1, 0, 1], np.int32)
+    ids = np.array([0] + [((c + 1) << inst_bits) | i for c in range(3) for i in range(3)],
+                   np.int32)
+    gt = rng.choice(ids, (4, 40 * 30)).astype(np.int32)
+    pred = rng.choice(ids, (4, 40 * 30)).astype(np.int32)
+    pairs = pairs_cuda.pair_histogram_emulated(gt, pred, capacity=128)
+    for crowd_rule in (True, False):
+        want_gt, want_pred = encode_cuda.derive_tables_emulated(pairs, inst_bits, is_thing,
+                                                                crowd_rule)
+        n_images, cap = pairs.gt.shape
+        out = [np.full((n_images, cap), -7, np.int32) for _ in range(6)]
+        n_gt, n_pred = np.zeros(n_images, np.int32), np.zeros(n_images, np.int32)
+        encode_shim.run_derive(
+            ctypes.c_longlong(n_images), _p(pairs.gt), _p(pairs.pred), _p(pairs.n_pairs),
+            ctypes.c_int(cap.bit_length() - 1), ctypes.c_int(inst_bits), _p(is_thing),
+            ctypes.c_int(int(crowd_rule)), _p(out[0]), _p(out[1]), _p(out[2]), _p(out[3]),
+            _p(n_gt), _p(out[4]), _p(out[5]), _p(n_pred))
+        np.testing.assert_array_equal(n_gt, want_gt.count)
+        np.testing.assert_array_equal(n_pred, want_pred.count)
+        for b in range(n_images):
+            k, m = want_gt.count[b], want_pred.count[b]
+            for got, want in ((out[1], want_gt.id), (out[2], want_gt.category),
+                              (out[3], want_gt.iscrowd)):
+                np.testing.assert_array_equal(got[b, :k], want[b, :k])
+            for got, want in ((out[4], want_pred.id), (out[5], want_pred.category)):
+                np.testing.assert_array_equal(got[b, :m], want[b, :m])
+        assert want_gt.iscrowd.any() == crowd_rule
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_encode_cu_compiles_without_warnings_or_spills(tmp_path, arch):
+    cubin = subprocess.run(
+        [NVCC, f"-arch={arch}", "-cubin", "-Xptxas", "-v", "-Werror", "all-warnings", "-o",
+         str(tmp_path / "encode.cubin"), ENCODE_SOURCE],
+        capture_output=True, text=True,
+    )
+    assert cubin.returncode == 0, cubin.stderr
+    assert "warning" not in cubin.stderr.lower(), cubin.stderr
+    spills = cubin.stderr.count("0 bytes spill stores, 0 bytes spill loads")
+    assert spills == 3, cubin.stderr
+
+
+def test_encode_cu_compiles_with_nvrtc():
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", exc_type=ImportError)
+    try:
+        nvrtc.getVersion()
+    except Exception as error:  # CuPy without its NVRTC library
+        pytest.skip(f"NVRTC is not loadable: {error}")
+    from fastpq.gpu import encode_source
+
+    program = nvrtc.createProgram(encode_source(), "encode.cu", [], [])
+    try:
+        nvrtc.compileProgram(program, ["-arch=compute_80", *pairs_cuda.nvrtc_options()])
+        assert nvrtc.getProgramLog(program).strip("\x00 \n") == ""
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+# -- on a GPU --------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("kind", ["pairs", "divisor"])
+def test_gpu_encoded_updates_equal_the_host_path(images, kind):
+    import cupy as cp
+
+    torch = _torch_cuda()
+    gts, preds = encoded(images, kind)
+    want = host_metric(gts, preds, kind)
+    metric = fastpq.PanopticQuality(COCO, **options(kind))
+    metric.update(cp.asarray(np.stack(gts[:10])), cp.asarray(np.stack(preds[:10])))
+    metric.update([torch.from_numpy(g).cuda() for g in gts[10:]],
+                  [torch.from_numpy(p.astype(np.int32)).cuda() for p in preds[10:]])
+    assert metric._device is not None
+    assert_same_state(metric, want)
+    bad = preds[0].copy()
+    bad[0, 0] = (999, 0) if kind == "pairs" else 999000
+    metric.update(cp.asarray(gts[0]), cp.asarray(bad))
+    with pytest.raises(SegmentError, match="neither in the category table"):
+        metric.compute()
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_encoded_update_never_synchronises_torch(images):
+    torch = _torch_cuda()
+    gts, preds = encoded(images[:18], "pairs")
+    gt, pred = torch.from_numpy(np.stack(gts)).cuda(), torch.from_numpy(np.stack(preds)).cuda()
+    metric = fastpq.PanopticQuality(COCO)
+    metric.update(gt, pred)  # compiles the kernels, uploads the lookup table
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            metric.update(gt, pred)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert metric.compute().n_images == 4 * 18
