@@ -24,7 +24,8 @@ import numpy as np
 from .categories import Categories
 from .errors import InputError, SegmentError, where
 from .kernels import pairs as pair_kernels
-from .segments import COCO_ID_LIMIT, SegmentTable, coco_table, derived_tables
+from .kernels import tables
+from .segments import COCO_ID_LIMIT, SegmentTable, coco_table
 
 
 @dataclass(frozen=True)
@@ -212,19 +213,6 @@ def prepare_coco(gt, pred, gt_segments, pred_segments, categories: Categories, *
     return PreparedImage(pairs, gt_table, pred_table)
 
 
-def _remap_void(pairs, gt_void, pred_void):
-    """Void ids -> 0, other ids -> id + 1, then re-aggregate the pair table (void ids merge)."""
-    g, p, c = pairs
-    g = np.where(gt_void, 0, g + 1)
-    p = np.where(pred_void, 0, p + 1)
-    order = np.lexsort((p, g))
-    g, p, c = g[order], p[order], c[order]
-    if g.size:
-        start = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (p[1:] != p[:-1])])
-        g, p, c = g[start], p[start], np.add.reduceat(c, start)
-    return g, p, c
-
-
 def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
                     image_index=None, image_id=None) -> PreparedImage:
     """Pairs and divisor conventions."""
@@ -246,44 +234,42 @@ def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
             pairs = pair_kernels.pair_counts_catinst(gt, pred)
         except ValueError as e:
             raise InputError(f"{loc}: a label map holds {e}") from None
-
-        def split(ids):
-            return ids >> 32, ids & 0xFFFFFFFF
     else:
         pairs = pair_kernels.pair_counts(gt, pred)
-        div = convention.label_divisor
-
-        def split(ids):
-            return ids // div, ids % div
-    gt_present = np.unique(pairs[0])
-    pred_present = np.unique(pairs[1])
-    _check_ids(gt_present, "ground-truth", loc, None)
-    _check_ids(pred_present, "predicted", loc, None)
-    for present in (gt_present, pred_present):
-        if present.size and present[-1] >= 2**62:
-            raise InputError(f"{loc}: id {int(present[-1])} is beyond the supported range (< 2**62)")
+    shift = convention.name == "pairs"
+    div = 1 if shift else convention.label_divisor
     void = convention.void_label
-    gt_void = split(pairs[0])[0] == void
-    pred_void = split(pairs[1])[0] == void
-    mapped = _remap_void(pairs, gt_void, pred_void)
-    gt_table, pred_table = derived_tables(
-        np.unique(mapped[0]), np.unique(mapped[1]), categories,
-        split=lambda ids: _split_shifted(ids, split, void), void_label=void,
-        thing_instance_zero=convention.thing_instance_zero, to_user_id=lambda i: i - 1,
-        image_index=image_index, image_id=image_id)
-    if convention.name == "pairs":  # a pair-map segment's own id is its [category, instance]
+    sorted_ids, order = categories.index_array()
+    status, bad, mapped, (gt_ids, gt_dense, gt_crowd), (pred_ids, pred_dense) = \
+        tables.encoded_tables(*pairs, shift, div, void, sorted_ids, order,
+                              categories.thing_mask, convention.thing_instance_zero == "crowd")
+    if status != tables.OK:
+        _raise_encoded(status, int(bad), shift, div, void, loc)
+    gt_table = SegmentTable(gt_ids, gt_dense, gt_crowd)
+    pred_table = SegmentTable(pred_ids, pred_dense, np.zeros(pred_ids.size, bool))
+    if shift:  # a pair-map segment's own id is its [category, instance]
         def original_ids(ids):
-            return np.stack(split(ids - 1), axis=-1)
+            return np.stack(((ids - 1) >> 32, (ids - 1) & 0xFFFFFFFF), axis=-1)
     else:
         def original_ids(ids):
             return ids - 1
     return PreparedImage(mapped, gt_table, pred_table, original_ids=original_ids)
 
 
-def _split_shifted(ids, split, void):
-    """Category/instance of remapped ids (id + 1); id 0 is void."""
-    cat, inst = split(np.maximum(ids - 1, 0))
-    return np.where(ids == 0, void, cat), inst
+def _raise_encoded(status: int, bad: int, shift: bool, divisor: int, void: int, loc: str):
+    """The error of a failed :func:`fastpq.kernels.tables.encoded_tables` check."""
+    what = "ground-truth" if status in (tables.GT_NEGATIVE, tables.GT_TOO_LARGE,
+                                        tables.GT_UNKNOWN_CATEGORY) else "predicted"
+    if status in (tables.GT_NEGATIVE, tables.PRED_NEGATIVE):
+        raise InputError(f"{loc}: the {what} map holds the negative id {bad}; ids must be >= 0")
+    if status in (tables.GT_TOO_LARGE, tables.PRED_TOO_LARGE):
+        raise InputError(f"{loc}: id {bad} is beyond the supported range (< 2**62)")
+    user_id = bad - 1
+    category = user_id >> 32 if shift else user_id // divisor
+    name = "ground truth" if what == "ground-truth" else "prediction"
+    raise SegmentError(f"{loc}: the {name} has pixels of category {category} (segment id "
+                       f"{user_id}), which is neither in the category table nor the void label "
+                       f"{void}")
 
 
 def pick_convention(gt, gt_segments, label_divisor, void_label, thing_instance_zero) -> Convention:

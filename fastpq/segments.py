@@ -132,36 +132,3 @@ def _coco_table_fast(segments_info, categories: Categories, side: str, unknown_c
     return SegmentTable(np.array(ids, np.int64), np.array(cats, np.int64).reshape(n),
                         np.array(crowd, bool).reshape(n) if side == "gt" else np.zeros(n, bool),
                         area_array)
-
-
-def derived_tables(gt_ids: np.ndarray, pred_ids: np.ndarray, categories: Categories, *,
-                   split, void_label: int, thing_instance_zero: str, to_user_id=lambda i: i,
-                   image_index=None, image_id=None):
-    """Segment tables for maps whose ids encode (category, instance).
-
-    ``split(ids) -> (category, instance)`` decodes the distinct ids of each side. Void ids
-    (category == void_label) get no row: the caller maps them to id 0 first.
-    ``to_user_id`` turns an id back into the user's id for error messages.
-    """
-    loc = where(image_index, image_id)
-    tables = []
-    for side, ids in (("gt", gt_ids), ("pred", pred_ids)):
-        cat, inst = split(ids)
-        keep = cat != void_label
-        ids, cat, inst = ids[keep], cat[keep], inst[keep]
-        sorted_ids, order = categories.index_array()
-        pos = np.searchsorted(sorted_ids, cat)
-        pos = np.minimum(pos, sorted_ids.size - 1)
-        known = sorted_ids[pos] == cat
-        if not known.all():
-            bad = int(np.flatnonzero(~known)[0])
-            name = "ground truth" if side == "gt" else "prediction"
-            raise SegmentError(f"{loc}: the {name} has pixels of category {int(cat[bad])} (segment "
-                               f"id {int(to_user_id(ids[bad]))}), which is neither in the category table nor "
-                               f"the void label {void_label}")
-        dense = order[pos]
-        crowd = np.zeros(ids.size, bool)
-        if side == "gt" and thing_instance_zero == "crowd":
-            crowd = (inst == 0) & categories.thing_mask[dense]
-        tables.append(SegmentTable(ids.astype(np.int64), dense.astype(np.int64), crowd))
-    return tables

@@ -149,3 +149,41 @@ def test_pair_maps_outside_int31_refused(dtype, value):
         pytest.skip("not representable in this dtype")
     with pytest.raises(InputError, match=r"image 0.*outside \[0, 2\*\*31\)"):
         fastpq.evaluate(g.astype(dtype), p.astype(dtype), categories={"things": [1], "stuff": [2]})
+
+
+# -- pairs and divisor conventions (segments from the ids) ----------------------------------------
+
+def _encoded_scene():
+    cats = fastpq.Categories.from_coco([{"id": 1, "name": "a", "isthing": 1},
+                                        {"id": 2, "name": "b", "isthing": 0}])
+    gt = np.zeros((4, 6), np.int64)
+    gt[:, :3] = 1 * 1000 + 1
+    gt[:, 3:] = 2 * 1000
+    return cats, gt, gt.copy()
+
+
+@pytest.mark.parametrize("side", ["gt", "pred"])
+def test_encoded_unknown_category_names_category_and_segment(side):
+    cats, gt, pred = _encoded_scene()
+    (gt if side == "gt" else pred)[0, 0] = 7 * 1000 + 4
+    name = "ground truth" if side == "gt" else "prediction"
+    with pytest.raises(SegmentError, match=rf"image 0: the {name} has pixels of category 7 "
+                                           r"\(segment id 7004\), which is neither"):
+        fastpq.evaluate(gt, pred, categories=cats, label_divisor=1000)
+    pairs = [np.stack([m // 1000, m % 1000], -1) for m in (gt, pred)]
+    with pytest.raises(SegmentError, match=rf"the {name} has pixels of category 7 \(segment id "
+                                           rf"{(7 << 32) | 4}\)"):
+        fastpq.evaluate(*pairs, categories=cats)
+
+
+def test_encoded_negative_and_huge_ids():
+    cats, gt, pred = _encoded_scene()
+    pred[1, 1] = -2
+    with pytest.raises(InputError, match=r"image 0: the predicted map holds the negative id -2"):
+        fastpq.evaluate(gt, pred, categories=cats, label_divisor=1000)
+    pred[1, 1] = 2**62
+    with pytest.raises(InputError, match=r"id 4611686018427387904 is beyond the supported range"):
+        fastpq.evaluate(gt, pred, categories=cats, label_divisor=1000)
+    pred[1, 1] = 5  # void (category 0), any instance: outside the prediction's segment
+    result = fastpq.evaluate(gt, pred, categories=cats, label_divisor=1000)
+    assert result.per_class[1].iou == 11 / 12 and result.per_class[2].iou == 1.0

@@ -3,6 +3,7 @@
 import pickle
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,6 +68,23 @@ def test_pair_histogram_equals_unique(scene):
     two = lambda a: np.stack([a, a * 3], -1).astype(np.int32)
     cg, cp, cc = pair_counts_catinst(two(g), two(p))
     assert np.array_equal(cg >> 32, pg) and np.array_equal(cp >> 32, pp) and np.array_equal(cc, pc)
+    strided = pair_counts_catinst(np.asfortranarray(two(g)), np.asfortranarray(two(p)))
+    assert all(np.array_equal(a, b) for a, b in zip(strided, (cg, cp, cc)))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("dtype, bad", [(np.int32, -1), (np.int64, 2**31), (np.int64, -5),
+                                        (np.uint64, 2**63 + 1)])
+def test_catinst_values_outside_the_range_are_refused(layout, dtype, bad):
+    g = np.ones((5, 9, 2), dtype)
+    p = np.ones((5, 9, 2), dtype)
+    p[3, 7, 1] = bad
+    if layout == "strided":
+        g, p = np.asfortranarray(g), np.asfortranarray(p)
+    with pytest.raises(ValueError, match="outside"):
+        pair_counts_catinst(g, p)
+    p[3, 7, 1] = 0
+    assert pair_counts_catinst(g, p)[2].sum() == 45
 
 
 @settings(max_examples=100, deadline=None)
