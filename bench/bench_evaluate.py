@@ -17,8 +17,6 @@ import argparse
 import contextlib
 import io
 import platform
-import statistics
-import time
 
 import numpy as np
 
@@ -27,17 +25,9 @@ from fastpq import synthetic
 from fastpq.categories import Categories
 from fastpq.kernels.pairs import pair_counts
 
+from common import median_time, torchmetrics_run
+
 SIZES = {"640x480": (480, 640), "1024x2048": (1024, 2048)}
-
-
-def median_time(fn, repeat):
-    fn()  # warm-up (JIT, caches)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def reference_core(images, categories):
@@ -67,33 +57,6 @@ def reference_core(images, categories):
                 ev.pq_compute_single_core(0, pairs, "gt", "pred", cats)
         finally:
             ev.Image, ev.rgb2id = saved
-
-    return run
-
-
-def torchmetrics_run(images, categories: Categories):
-    import torch
-    from torchmetrics.detection import PanopticQuality
-
-    things = [c for c, t in zip(categories.ids, categories.isthing) if t]
-    stuff = [c for c, t in zip(categories.ids, categories.isthing) if not t]
-
-    def to_pairs(ids, segs):
-        cat = np.zeros(ids.shape, np.int64)  # 0 is not a category: void for torchmetrics
-        inst = np.zeros(ids.shape, np.int64)
-        for k, s in enumerate(segs):
-            m = ids == s["id"]
-            cat[m] = s["category_id"]
-            inst[m] = k + 1
-        return torch.from_numpy(np.stack([cat, inst], -1))[None]
-
-    tensors = [(to_pairs(p, ps), to_pairs(g, gs)) for g, gs, p, ps in images]
-
-    def run():
-        metric = PanopticQuality(things=things, stuffs=stuff, allow_unknown_preds_category=True)
-        for pred, target in tensors:
-            metric.update(pred, target)
-        metric.compute()
 
     return run
 

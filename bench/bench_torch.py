@@ -30,6 +30,8 @@ import fastpq
 from fastpq import synthetic
 from fastpq.categories import Categories
 
+from common import category_instance, torchmetrics_run
+
 SIZES = {"640x480": (480, 640), "2048x1024": (1024, 2048)}
 LABEL_DIVISOR = 1000
 
@@ -45,15 +47,6 @@ def median_times(runs, repeat: int) -> list[float]:
             run()
             samples.append(time.perf_counter() - start)
     return [statistics.median(samples) for samples in times]
-
-
-def category_instance(ids: np.ndarray, segments: list[dict]) -> np.ndarray:
-    """(H, W, 2) int64 [category, instance] map: void -> category 0, segment k -> instance k + 1."""
-    seg_ids = np.array([0] + [s["id"] for s in segments], np.int64)
-    table = np.array([(0, 0)] + [(s["category_id"], k + 1) for k, s in enumerate(segments)],
-                     np.int64)
-    order = np.argsort(seg_ids)
-    return table[order[np.searchsorted(seg_ids[order], ids)]]
 
 
 def fastpq_runs(images, categories: Categories):
@@ -88,23 +81,6 @@ def fastpq_runs(images, categories: Categories):
         "divisor (B,H,W)": (divisor(gt_div, pred_div),
                             divisor(torch.from_numpy(gt_div), torch.from_numpy(pred_div))),
     }
-
-
-def torchmetrics_run(images, categories: Categories):
-    from torchmetrics.detection import PanopticQuality
-
-    things = [c for c, t in zip(categories.ids, categories.isthing) if t]
-    stuff = [c for c, t in zip(categories.ids, categories.isthing) if not t]
-    pairs = [(torch.from_numpy(category_instance(p, ps))[None],
-              torch.from_numpy(category_instance(g, gs))[None]) for g, gs, p, ps in images]
-
-    def run():
-        metric = PanopticQuality(things=things, stuffs=stuff, allow_unknown_preds_category=True)
-        for pred, target in pairs:
-            metric.update(pred, target)
-        metric.compute()
-
-    return run
 
 
 def main(argv=None):

@@ -90,7 +90,7 @@ def by_size(result: PQResult, bins=COCO_SIZES) -> dict[str, PQResult]:
     """
     records = _records(result)
     categories = result.categories
-    index = categories._index_map()
+    index = categories.index_map()
     edges = np.array([b[1] for b in bins] + [bins[-1][2]], np.float64)
     n_cat = len(categories)
     tp, fp, fn = (np.zeros((len(bins), n_cat), np.int64) for _ in range(3))
@@ -142,7 +142,7 @@ def error_breakdown(result: PQResult) -> ErrorBreakdown:
     """
     records = _records(result)
     categories = result.categories
-    index = categories._index_map()
+    index = categories.index_map()
     kinds = np.zeros((len(categories), len(ERROR_KINDS)), np.int64)
     column = {kind: k for k, kind in enumerate(ERROR_KINDS)}
     for record in records:

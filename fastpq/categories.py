@@ -137,9 +137,10 @@ class Categories:
 
     def index(self, category_id) -> int:
         """Dense index of a category id, or -1 when it is not in the table."""
-        return self._index_map().get(category_id, -1)
+        return self.index_map().get(category_id, -1)
 
-    def _index_map(self) -> dict:
+    def index_map(self) -> dict:
+        """{category id: dense index}, built once per table (read-only: do not modify it)."""
         cache = self.__dict__.get("_cache")
         if cache is None:
             cache = {cid: k for k, cid in enumerate(self.ids)}

@@ -348,7 +348,7 @@ def _accumulate_records(records, categories: Categories) -> PQAccumulator:
     them image by image gives the accumulator of the images themselves, bit for bit.
     """
     acc = PQAccumulator(categories)
-    row_of = categories._index_map()
+    row_of = categories.index_map()
     for record in records:
         tp, fp, fn = (np.zeros(len(categories), np.int64) for _ in range(3))
         iou = np.zeros(len(categories), np.float64)

@@ -70,7 +70,7 @@ def coco_table(segments_info: Sequence[Mapping], categories: Categories, *, side
     loc = where(image_index, image_id, file)
     name = "ground-truth" if side == "gt" else "predicted"
     ids, cats, crowd, area = [], [], [], []
-    index = categories._index_map()
+    index = categories.index_map()
     seen: set = set()
     for k, seg in enumerate(segments_info):
         try:
@@ -112,7 +112,7 @@ def _coco_table_fast(segments_info, categories: Categories, side: str, unknown_c
     caller's entry-by-entry loop finds the first bad entry and names it."""
     try:
         ids = [seg["id"] for seg in segments_info]
-        index = categories._index_map()
+        index = categories.index_map()
         cats = [index.get(seg["category_id"], -1) for seg in segments_info]
         crowd = [seg["iscrowd"] == 1 for seg in segments_info] if side == "gt" else None
         area = [seg["area"] for seg in segments_info] if need_area else None

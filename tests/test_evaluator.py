@@ -1,13 +1,12 @@
 """fastpq.PanopticEvaluator: detectron2's process/evaluate calls, fastpq.evaluate's and the
 reference's numbers; contiguous ids, divisor outputs, PanopticFPN end to end, gloo DDP, errors."""
 
-import datetime
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
+from gloo import run_ranks
 from reference import assert_parity, reference_stat
 
 import fastpq
@@ -200,40 +199,24 @@ def test_panoptic_fpn_end_to_end(tmp_path, panopticapi):
 
 # -- torch.distributed ----------------------------------------------------------------------------
 
-def _gloo_rank(rank, world_size, store, out_dir, images):
+def _gloo_rank(rank, world_size, images):
     """One rank: every other image (a DistributedSampler's split), in batches of 2."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=60))
-    try:
-        inputs, outputs = dataset_dicts(images)
-        mine = list(range(rank, len(images), world_size))
-        evaluators = {"global": fastpq.PanopticEvaluator(COCO),
-                      "local": fastpq.PanopticEvaluator(COCO, distributed=False)}
-        results = {}
-        for name, evaluator in evaluators.items():
-            got = run(evaluator, [inputs[k] for k in mine], [outputs[k] for k in mine], 2)
-            results[name] = (got, evaluator.result.to_dict())
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-            pickle.dump(results, f)
-    finally:
-        dist.destroy_process_group()
+    inputs, outputs = dataset_dicts(images)
+    mine = list(range(rank, len(images), world_size))
+    evaluators = {"global": fastpq.PanopticEvaluator(COCO),
+                  "local": fastpq.PanopticEvaluator(COCO, distributed=False)}
+    results = {}
+    for name, evaluator in evaluators.items():
+        got = run(evaluator, [inputs[k] for k in mine], [outputs[k] for k in mine], 2)
+        results[name] = (got, evaluator.result.to_dict())
+    return results
 
 
 def test_two_process_gloo(images, expected, tmp_path):
-    torch = pytest.importorskip("torch")
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_rank, args=(2, str(tmp_path / "store"), str(tmp_path), images), nprocs=2,
-             join=True)
+    outs = run_ranks(_gloo_rank, (images,), tmp_path)
     single = fastpq.PanopticEvaluator(COCO)
     single_dict = run(single, *dataset_dicts(images))
-    for rank in range(2):
-        with open(tmp_path / f"rank{rank}.pkl", "rb") as f:
-            out = pickle.load(f)
+    for rank, out in enumerate(outs):
         assert out["global"] == (single_dict, expected)
         half = images[rank::2]
         gts, gsegs, preds, psegs = (list(x) for x in zip(*half))

@@ -1,8 +1,6 @@
 """fastpq.PanopticQuality: streaming equals evaluate exactly; merge, state, pickling; gloo DDP."""
 
-import datetime
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -14,6 +12,7 @@ import fastpq
 from fastpq import synthetic
 from fastpq.errors import InputError
 from conventions import divisor_map, pairs_map
+from gloo import run_ranks
 from reference import assert_parity, reference_stat
 
 COCO = fastpq.Categories.coco_panoptic()
@@ -170,46 +169,30 @@ def test_works_without_torch():
 
 # -- torch.distributed ----------------------------------------------------------------------------
 
-def _gloo_rank(rank, world_size, store, out_dir, images):
+def _gloo_rank(rank, world_size, images):
     """One rank: its share of the images in batches of 3, then compute() (a collective)."""
     import torch
-    import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    share = np.array_split(np.arange(len(images)), world_size)[rank]
+    metric = fastpq.PanopticQuality(COCO)
+    for start in range(0, len(share), 3):
+        gts, gsegs, preds, psegs = zip(*(images[k] for k in share[start:start + 3]))
+        metric.update(torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(preds)),
+                      gt_segments=list(gsegs), pred_segments=list(psegs))
+    results = [metric.compute().to_dict(), metric.compute().to_dict()]
+    # a rank with the categories in another order is refused on every rank
+    other = COCO if rank == 0 else fastpq.Categories.from_coco(COCO_LIST[::-1])
     try:
-        share = np.array_split(np.arange(len(images)), world_size)[rank]
-        metric = fastpq.PanopticQuality(COCO)
-        for start in range(0, len(share), 3):
-            gts, gsegs, preds, psegs = zip(*(images[k] for k in share[start:start + 3]))
-            metric.update(torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(preds)),
-                          gt_segments=list(gsegs), pred_segments=list(psegs))
-        results = [metric.compute().to_dict(), metric.compute().to_dict()]
-        # a rank with the categories in another order is refused on every rank
-        other = COCO if rank == 0 else fastpq.Categories.from_coco(COCO_LIST[::-1])
-        try:
-            fastpq.PanopticQuality(other).compute()
-            mismatch = None
-        except ValueError as error:
-            mismatch = str(error)
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-            pickle.dump({"results": results, "local": metric.state_dict(),
-                         "mismatch": mismatch}, f)
-    finally:
-        dist.destroy_process_group()
+        fastpq.PanopticQuality(other).compute()
+        mismatch = None
+    except ValueError as error:
+        mismatch = str(error)
+    return {"results": results, "local": metric.state_dict(), "mismatch": mismatch}
 
 
 def test_two_process_gloo(images, expected, tmp_path):
-    torch = pytest.importorskip("torch")
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_rank, args=(2, str(tmp_path / "store"), str(tmp_path), images), nprocs=2,
-             join=True)
-    for rank, share in enumerate(np.array_split(np.arange(len(images)), 2)):
-        with open(tmp_path / f"rank{rank}.pkl", "rb") as f:
-            out = pickle.load(f)
+    outs = run_ranks(_gloo_rank, (images,), tmp_path)
+    for out, share in zip(outs, np.array_split(np.arange(len(images)), 2)):
         assert out["results"] == [expected, expected]
         assert out["local"]["n_images"] == len(share)
         assert "different category table" in out["mismatch"]
