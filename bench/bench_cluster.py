@@ -37,14 +37,7 @@ from fastpq import synthetic
 from fastpq.cluster import _default_shard_size, _evaluate_shard
 from fastpq.coco import pair_annotations, resolve_inputs
 
-
-def median_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import median_time
 
 
 def dataset(args):
@@ -76,7 +69,7 @@ def client_seconds_per_image(paths, threads):
             pickle.dumps(matched[start:start + size], protocol=pickle.HIGHEST_PROTOCOL)
 
     n = len(matched)
-    return median_time(read, 5) / n, median_time(pickle_shards, 5) / n
+    return median_time(read, 5, warmup=False) / n, median_time(pickle_shards, 5, warmup=False) / n
 
 
 def empty_shard_round_trip(client, categories, repeat=50):
@@ -89,7 +82,7 @@ def empty_shard_round_trip(client, categories, repeat=50):
                       key=f"bench-empty-shard-{uuid.uuid4().hex}").result()
 
     once()
-    return median_time(once, repeat)
+    return median_time(once, repeat, warmup=False)
 
 
 def main(argv=None):

@@ -130,12 +130,16 @@ def segment_tables(rng, ids, n_categories=133):
     return gt, pad_segment_tables(pred_ids, pred_categories), n_categories
 
 
-def median_ms(cp, function, runs: int, warmup: int = 3) -> float:
+def median_ms(cp, function, runs: int, warmup: int = 3, before=None) -> float:
+    """Median CUDA-event time of ``function()``; ``before()`` is queued ahead of each timed call,
+    outside the events."""
     for _ in range(warmup):
         function()
     cp.cuda.get_current_stream().synchronize()
     times = []
     for _ in range(runs):
+        if before is not None:
+            before()
         start, end = cp.cuda.Event(), cp.cuda.Event()
         start.record()
         function()
@@ -162,16 +166,8 @@ def device_ms(cp, torch, function, runs: int, warmup: int = 3) -> float:
     host_s = time.perf_counter() - start_host
     cp.cuda.Device().synchronize()
     spin_cycles = int(max(2e6, 8e9 * host_s))  # about 4x the launch time at 2 GHz
-    times = []
-    for _ in range(runs):
-        torch.cuda._sleep(spin_cycles)  # torch's current stream: the legacy default stream
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        function()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
-    return float(np.median(times))
+    # the spin runs on torch's current stream: the legacy default stream, as CuPy's here
+    return median_ms(cp, function, runs, warmup=0, before=lambda: torch.cuda._sleep(spin_cycles))
 
 
 def wall_ms(cp, function, runs: int, rounds: int) -> float:

@@ -10,9 +10,11 @@ import numpy as np
 from fastpq.categories import Categories
 
 
-def median_time(fn, repeat: int) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` runs, after one warm-up run (JIT, caches)."""
-    fn()
+def median_time(fn, repeat: int, warmup: bool = True) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` runs, after one warm-up run (JIT, caches)
+    unless ``warmup`` is False."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()

@@ -252,13 +252,33 @@ def _check_dtype(array, what: str, loc: str) -> None:
                          "numbers)")
 
 
+def _check_same_way(gt, pred) -> None:
+    if isinstance(gt, (list, tuple)) != isinstance(pred, (list, tuple)):
+        raise InputError("pass the ground truth and the predictions the same way: both lists of "
+                         "maps, or both one array")
+
+
+def _stack_runs(xp, maps) -> list:
+    """``[(gt, pred), ...]`` per image -> stacked batches, one per run of equal shapes, in input
+    order (a run of one image is a view, not a copy)."""
+    batches = []
+    start = 0
+    for k in range(1, len(maps) + 1):
+        if k == len(maps) or maps[k][0].shape != maps[start][0].shape:
+            run = maps[start:k]
+            if len(run) == 1:
+                batches.append((run[0][0][None], run[0][1][None]))
+            else:
+                batches.append((xp.stack([g for g, _ in run]), xp.stack([p for _, p in run])))
+            start = k
+    return batches
+
+
 def _batches(backend, gt, pred) -> tuple[list, int]:
     """The update's maps as ``[(gt, pred), ...]`` device batches of equal-shape (B, H, W) id
     maps, in input order, and the number of images. Reads metadata only."""
     xp = backend.xp
-    if isinstance(gt, (list, tuple)) != isinstance(pred, (list, tuple)):
-        raise InputError("pass the ground truth and the predictions the same way: both lists of "
-                         "maps, or both one array")
+    _check_same_way(gt, pred)
     if not isinstance(gt, (list, tuple)):
         g, p = backend.as_array(gt), backend.as_array(pred)
         for array, what in ((g, "ground-truth"), (p, "predicted")):
@@ -294,17 +314,7 @@ def _batches(backend, gt, pred) -> tuple[list, int]:
             raise InputError(f"{loc}: the ground truth is {g.shape[0]}x{g.shape[1]} but the "
                              f"prediction is {p.shape[0]}x{p.shape[1]}")
         maps.append((g, p))
-    batches = []
-    start = 0
-    for k in range(1, len(maps) + 1):  # runs of equal shape become one stacked batch
-        if k == len(maps) or maps[k][0].shape != maps[start][0].shape:
-            run = maps[start:k]
-            if len(run) == 1:
-                batches.append((run[0][0][None], run[0][1][None]))
-            else:
-                batches.append((xp.stack([g for g, _ in run]), xp.stack([p for _, p in run])))
-            start = k
-    return batches, len(maps)
+    return _stack_runs(xp, maps), len(maps)
 
 
 def _encoded_batches(backend, gt, pred, pairs: bool) -> tuple[list, int]:
@@ -314,9 +324,7 @@ def _encoded_batches(backend, gt, pred, pairs: bool) -> tuple[list, int]:
     xp = backend.xp
     one = 3 if pairs else 2  # dimensions of one image's map
     layout = "(H, W, 2) [category, instance]" if pairs else "(H, W) integer"
-    if isinstance(gt, (list, tuple)) != isinstance(pred, (list, tuple)):
-        raise InputError("pass the ground truth and the predictions the same way: both lists of "
-                         "maps, or both one array")
+    _check_same_way(gt, pred)
     if not isinstance(gt, (list, tuple)):
         g, p = backend.as_array(gt), backend.as_array(pred)
         for array, what in ((g, "ground-truth"), (p, "predicted")):
@@ -345,14 +353,7 @@ def _encoded_batches(backend, gt, pred, pairs: bool) -> tuple[list, int]:
             raise InputError(f"{loc}: the ground truth is {g.shape[0]}x{g.shape[1]} but the "
                              f"prediction is {p.shape[0]}x{p.shape[1]}")
         maps.append((g, p))
-    batches = []
-    start = 0
-    for k in range(1, len(maps) + 1):
-        if k == len(maps) or maps[k][0].shape != maps[start][0].shape:
-            run = maps[start:k]
-            batches.append((xp.stack([g for g, _ in run]), xp.stack([p for _, p in run])))
-            start = k
-    return batches, len(maps)
+    return _stack_runs(xp, maps), len(maps)
 
 
 # -- segment tables --------------------------------------------------------------------------------

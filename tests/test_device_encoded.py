@@ -19,12 +19,16 @@ from fastpq.errors import InputError, SegmentError
 from fastpq.kernels import encode_cuda, pairs_cuda
 from fastpq.kernels.encode_cuda import MODE_DIVISOR, MODE_PAIRS
 from conventions import divisor_map, pairs_map
-from test_device_state import _torch_cuda, assert_same_state, emulated, host_path, images  # noqa: F401
-from test_gpu_kernel import CUDA_SHIM, HAS_GPU, NVCC
+import test_device_state
+from test_device_state import _torch_cuda, assert_same_state, host_path
+from cuda_build import nvcc_spills, nvrtc_log
+from test_gpu_kernel import CUDA_SHIM, HAS_GPU
 
 COCO = fastpq.Categories.coco_panoptic()
 ENCODE_SOURCE = os.path.join(os.path.dirname(pairs_cuda.__file__), "encode.cu")
 requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
+images = test_device_state.images  # the fixtures of test_device_state.py, shared
+emulated = test_device_state.emulated
 
 
 def encoded(images, kind):
@@ -264,34 +268,17 @@ def test_derive_cu_on_cpu_threads_equals_its_emulation(encode_shim):
         assert want_gt.iscrowd.any() == crowd_rule
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_encode_cu_compiles_without_warnings_or_spills(tmp_path, arch):
-    cubin = subprocess.run(
-        [NVCC, f"-arch={arch}", "-cubin", "-Xptxas", "-v", "-Werror", "all-warnings", "-o",
-         str(tmp_path / "encode.cubin"), ENCODE_SOURCE],
-        capture_output=True, text=True,
-    )
-    assert cubin.returncode == 0, cubin.stderr
-    assert "warning" not in cubin.stderr.lower(), cubin.stderr
-    spills = cubin.stderr.count("0 bytes spill stores, 0 bytes spill loads")
-    assert spills == 3, cubin.stderr
+    spills = nvcc_spills(ENCODE_SOURCE, arch, tmp_path)
+    assert spills == [("0", "0")] * 3, spills
 
 
 def test_encode_cu_compiles_with_nvrtc():
-    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", exc_type=ImportError)
-    try:
-        nvrtc.getVersion()
-    except Exception as error:  # CuPy without its NVRTC library
-        pytest.skip(f"NVRTC is not loadable: {error}")
     from fastpq.gpu import encode_source
 
-    program = nvrtc.createProgram(encode_source(), "encode.cu", [], [])
-    try:
-        nvrtc.compileProgram(program, ["-arch=compute_80", *pairs_cuda.nvrtc_options()])
-        assert nvrtc.getProgramLog(program).strip("\x00 \n") == ""
-    finally:
-        nvrtc.destroyProgram(program)
+    options = ["-arch=compute_80", *pairs_cuda.nvrtc_options()]
+    assert nvrtc_log(encode_source(), "encode.cu", options) == ""
 
 
 # -- on a GPU --------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from fastpq.kernels.pairs_cuda import (
     STATUS_PRED_ID_NOT_LISTED,
     MatchPartials,
 )
-from test_gpu_kernel import CUDA_SHIM, HAS_GPU, NVCC
+from cuda_build import nvcc_spills, nvrtc_log
+from test_gpu_kernel import CUDA_SHIM, HAS_GPU
 
 COCO = fastpq.Categories.coco_panoptic()
 ACCUMULATE_SOURCE = os.path.join(os.path.dirname(pairs_cuda.__file__), "accumulate.cu")
@@ -458,33 +459,17 @@ def test_accumulate_cu_on_cpu_threads_equals_the_host_twin(accumulate_shim):
                                 STATUS_PRED_ID_NOT_LISTED | STATUS_ID_OUT_OF_RANGE, 8]
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("arch", ["sm_75", "sm_90"])
 def test_accumulate_cu_compiles_without_warnings_or_spills(tmp_path, arch):
-    cubin = subprocess.run(
-        [NVCC, f"-arch={arch}", "-cubin", "-Xptxas", "-v", "-Werror", "all-warnings", "-o",
-         str(tmp_path / "accumulate.cubin"), ACCUMULATE_SOURCE],
-        capture_output=True, text=True,
-    )
-    assert cubin.returncode == 0, cubin.stderr
-    assert "warning" not in cubin.stderr.lower(), cubin.stderr
-    assert "0 bytes spill stores, 0 bytes spill loads" in cubin.stderr, cubin.stderr
+    spills = nvcc_spills(ACCUMULATE_SOURCE, arch, tmp_path)
+    assert spills and all(s == ("0", "0") for s in spills), spills
 
 
 def test_accumulate_cu_compiles_with_nvrtc():
-    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", exc_type=ImportError)
-    try:
-        nvrtc.getVersion()
-    except Exception as error:  # CuPy without its NVRTC library
-        pytest.skip(f"NVRTC is not loadable: {error}")
     from fastpq.gpu import accumulate_source
 
-    program = nvrtc.createProgram(accumulate_source(), "accumulate.cu", [], [])
-    try:
-        nvrtc.compileProgram(program, ["-arch=compute_80", *pairs_cuda.nvrtc_options()])
-        assert nvrtc.getProgramLog(program).strip("\x00 \n") == ""
-    finally:
-        nvrtc.destroyProgram(program)
+    options = ["-arch=compute_80", *pairs_cuda.nvrtc_options()]
+    assert nvrtc_log(accumulate_source(), "accumulate.cu", options) == ""
 
 
 # -- on a GPU --------------------------------------------------------------------------------------
