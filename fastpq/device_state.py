@@ -143,6 +143,13 @@ class EmulatedBackend:
                                        void_label, np.asarray(lut), inst_bits)
         return g.reshape(shape), p.reshape(shape), status
 
+    def histogram_encoded(self, gt, pred, capacity: int, **encoding):
+        """encode.cu's fused histogram: the encoding, then the histogram's scalar work split."""
+        gt_ids, pred_ids, status = self.encode(gt, pred, **encoding)
+        options = dict(self.histogram_options, vec4=False)
+        tables = pair_histogram_emulated(gt_ids, pred_ids, capacity=capacity, **options)
+        return tables._replace(status=tables.status | status)
+
     def derive_tables(self, pairs, *, inst_bits, is_thing, crowd_rule):
         return derive_tables_emulated(pairs, inst_bits, np.asarray(is_thing), crowd_rule)
 
@@ -474,16 +481,15 @@ class DeviceAccumulator:
             backend.wait_for(self._marker)
             partials = []
             for g, p in batches:
-                gt_ids, pred_ids, status = backend.encode(
-                    g, p, mode=MODE_PAIRS if pairs else MODE_DIVISOR, lut=lut,
-                    inst_bits=inst_bits, void_label=convention.void_label,
+                tables = backend.histogram_encoded(
+                    g, p, self.pair_capacity, mode=MODE_PAIRS if pairs else MODE_DIVISOR,
+                    lut=lut, inst_bits=inst_bits, void_label=convention.void_label,
                     divisor=1 if pairs else convention.label_divisor)
-                tables = backend.histogram(gt_ids, pred_ids, self.pair_capacity)
                 gt_tables, pred_tables = backend.derive_tables(
                     tables, inst_bits=inst_bits, is_thing=is_thing,
                     crowd_rule=convention.thing_instance_zero == "crowd")
-                match = backend.match(tables, gt_tables, pred_tables, len(self.categories))
-                partials.append(match._replace(status=match.status | status))
+                partials.append(backend.match(tables, gt_tables, pred_tables,
+                                              len(self.categories)))
             xp = backend.xp
             joined = partials[0] if len(partials) == 1 else MatchPartials(
                 *(xp.concatenate([getattr(m, name) for m in partials])

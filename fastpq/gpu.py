@@ -45,7 +45,8 @@ from fastpq.kernels.pairs_cuda import (
 __all__ = [
     "CupyBackend", "MatchPartials", "PairTables", "SegmentTables", "accumulate_partials",
     "accumulate_source", "cuda_source", "derive_segment_tables", "encode_batch", "encode_source",
-    "match_batch", "pair_histogram_batch", "pair_histogram_retrying",
+    "encoded_module_source", "match_batch", "pair_histogram_batch", "pair_histogram_encoded",
+    "pair_histogram_retrying",
 ]
 
 _INSTALL_HINT = "fastpq's GPU path needs CuPy: pip install fastpq[gpu]"
@@ -67,6 +68,12 @@ def accumulate_source() -> str:
 def encode_source() -> str:
     """The text of ``encode.cu``, shipped as package data of ``fastpq.kernels``."""
     return resources.files("fastpq.kernels").joinpath("encode.cu").read_text(encoding="utf-8")
+
+
+def encoded_module_source() -> str:
+    """``pairs.cu`` then ``encode.cu``: one module, since the fused encoded histogram of
+    ``encode.cu`` reuses the histogram of ``pairs.cu``."""
+    return cuda_source() + "\n" + encode_source()
 
 
 def _cupy():
@@ -194,45 +201,64 @@ def pair_histogram_batch(
     cp = _cupy()
     tile_pixels = check_tile_pixels(tile_pixels)
     cap_log2 = capacity_log2(capacity)
-    cap = 1 << cap_log2
     device_id = _device_id(cp, gt)
     with cp.cuda.Device(device_id), _stream(cp, stream, device_id, (gt, pred)):
         gt2d, pred2d = batch_label_maps(_as_device_array(cp, gt), _as_device_array(cp, pred), cp)
         n_images, n_pixels = gt2d.shape
         aligned = gt2d.data.ptr % 16 == 0 and pred2d.data.ptr % 16 == 0
         vec4 = uses_vec4(gt2d, pred2d, tile_pixels, aligned)
-        table_keys = cp.empty((n_images, cap), dtype=cp.uint64)
-        table_counts = cp.empty((n_images, cap), dtype=cp.uint64)
-        status = cp.empty(n_images, dtype=cp.int32)
-        if n_images:
-            n_slots = n_images * cap
-            _kernel(cp, "init_pair_tables")(
-                (min(-(-n_slots // BLOCK_THREADS), 4096),), (BLOCK_THREADS,),
-                (table_keys, table_counts, np.int64(n_slots), status, np.int64(n_images)))
+        table_keys, table_counts, status = _new_tables(cp, n_images, cap_log2)
         if n_images and n_pixels:
             histogram = _kernel(cp, "pair_histogram_i32" if gt2d.dtype == cp.int32 else
                                 "pair_histogram_i64")
-            n_tiles = -(-n_pixels // tile_pixels)
-            for first in range(0, n_images, MAX_GRID_Y):
-                last = min(first + MAX_GRID_Y, n_images)
-                histogram(
-                    (n_tiles, last - first), (BLOCK_THREADS,),
-                    (gt2d[first:last], pred2d[first:last], np.int64(n_pixels),
-                     np.int64(tile_pixels), np.int32(vec4), table_keys[first:last],
-                     table_counts[first:last], np.int32(cap_log2), status[first:last]),
-                )
-        pair_gt = cp.empty((n_images, cap), dtype=cp.int32)
-        pair_pred = cp.empty((n_images, cap), dtype=cp.int32)
-        pair_count = cp.empty((n_images, cap), dtype=cp.int64)
-        n_pairs = cp.empty(n_images, dtype=cp.int32)  # written by compact_pair_tables
-        if n_images:
-            scratch_keys = cp.empty((n_images, cap), dtype=cp.uint64)
-            scratch_counts = cp.empty((n_images, cap), dtype=cp.uint64)
-            _kernel(cp, "compact_pair_tables")(
-                (n_images,), (BLOCK_THREADS,),
-                (table_keys, table_counts, np.int32(cap_log2), scratch_keys, scratch_counts,
-                 pair_gt, pair_pred, pair_count, n_pairs),
-            )
+            _launch_histogram(histogram, n_images, n_pixels, tile_pixels, (gt2d, pred2d),
+                              (np.int64(n_pixels), np.int64(tile_pixels), np.int32(vec4)),
+                              (table_keys, table_counts, np.int32(cap_log2), status))
+        return _compact(cp, table_keys, table_counts, cap_log2, status)
+
+
+def _new_tables(cp, n_images: int, cap_log2: int):
+    """Empty per-image hash tables and zero status words (one init kernel)."""
+    cap = 1 << cap_log2
+    table_keys = cp.empty((n_images, cap), dtype=cp.uint64)
+    table_counts = cp.empty((n_images, cap), dtype=cp.uint64)
+    status = cp.empty(n_images, dtype=cp.int32)
+    if n_images:
+        n_slots = n_images * cap
+        _kernel(cp, "init_pair_tables")(
+            (min(-(-n_slots // BLOCK_THREADS), 4096),), (BLOCK_THREADS,),
+            (table_keys, table_counts, np.int64(n_slots), status, np.int64(n_images)))
+    return table_keys, table_counts, status
+
+
+def _launch_histogram(kernel, n_images, n_pixels, tile_pixels, maps, options, tables):
+    """A histogram kernel over the batch, split into launches of at most MAX_GRID_Y images.
+    ``maps`` are (B, ...) arrays sliced per launch, as are the tables' (B, ...) arrays."""
+    table_keys, table_counts, cap_log2, status = tables
+    n_tiles = -(-n_pixels // tile_pixels)
+    for first in range(0, n_images, MAX_GRID_Y):
+        last = min(first + MAX_GRID_Y, n_images)
+        kernel((n_tiles, last - first), (BLOCK_THREADS,),
+               (*(m[first:last] for m in maps), *options, table_keys[first:last],
+                table_counts[first:last], cap_log2, status[first:last]))
+
+
+def _compact(cp, table_keys, table_counts, cap_log2: int, status) -> PairTables:
+    """Sorted pair tables from hash tables (compact_pair_tables)."""
+    n_images = table_keys.shape[0]
+    cap = 1 << cap_log2
+    pair_gt = cp.empty((n_images, cap), dtype=cp.int32)
+    pair_pred = cp.empty((n_images, cap), dtype=cp.int32)
+    pair_count = cp.empty((n_images, cap), dtype=cp.int64)
+    n_pairs = cp.empty(n_images, dtype=cp.int32)  # written by compact_pair_tables
+    if n_images:
+        scratch_keys = cp.empty((n_images, cap), dtype=cp.uint64)
+        scratch_counts = cp.empty((n_images, cap), dtype=cp.uint64)
+        _kernel(cp, "compact_pair_tables")(
+            (n_images,), (BLOCK_THREADS,),
+            (table_keys, table_counts, np.int32(cap_log2), scratch_keys, scratch_counts,
+             pair_gt, pair_pred, pair_count, n_pairs),
+        )
     return PairTables(pair_gt, pair_pred, pair_count, n_pairs, status)
 
 
@@ -421,7 +447,7 @@ def encode_batch(gt, pred, *, mode: int, lut, inst_bits: int, void_label: int,
         status = cp.zeros(n_images, cp.int32)
         if n_images and n_pixels:
             kernel = _kernel(cp, "encode_maps_i32" if g2d.dtype == cp.int32 else
-                             "encode_maps_i64", encode_source)
+                             "encode_maps_i64", encoded_module_source)
             tiles = min(-(-n_pixels // BLOCK_THREADS), 1024)
             for first in range(0, n_images, MAX_GRID_Y):
                 last = min(first + MAX_GRID_Y, n_images)
@@ -431,6 +457,40 @@ def encode_batch(gt, pred, *, mode: int, lut, inst_bits: int, void_label: int,
                         np.int32(inst_bits), gt_ids[first:last], pred_ids[first:last],
                         status[first:last]))
     return gt_ids, pred_ids, status
+
+
+def pair_histogram_encoded(gt, pred, *, mode: int, lut, inst_bits: int, void_label: int,
+                           divisor: int = 1, capacity: int = DEFAULT_CAPACITY,
+                           tile_pixels: int = DEFAULT_TILE_PIXELS, stream=None) -> PairTables:
+    """:func:`pair_histogram_batch` of the encoded ids of pairs- or divisor-convention maps
+    (arguments as :func:`encode_batch`), in one pass: each pixel is encoded as it is read and no
+    id map is written. The encoding's status bits are in the tables' ``status``. Nothing is
+    synchronised."""
+    from fastpq.kernels.encode_cuda import MODE_PAIRS
+
+    cp = _cupy()
+    tile_pixels = check_tile_pixels(tile_pixels)
+    cap_log2 = capacity_log2(capacity)
+    device_id = _device_id(cp, gt)
+    with cp.cuda.Device(device_id), _stream(cp, stream, device_id, (gt, pred)):
+        g, q = _as_device_array(cp, gt), _as_device_array(cp, pred)
+        if g.shape != q.shape:
+            raise ValueError(f"gt and pred maps must have the same shape, got {tuple(g.shape)} "
+                             f"and {tuple(q.shape)}")
+        shape = g.shape[:-1] if mode == MODE_PAIRS else g.shape
+        n_images = shape[0]
+        n_pixels = int(np.prod(shape[1:], dtype=np.int64))
+        g2d, q2d = batch_label_maps(g.reshape(n_images, -1), q.reshape(n_images, -1), cp)
+        table_keys, table_counts, status = _new_tables(cp, n_images, cap_log2)
+        if n_images and n_pixels:
+            histogram = _kernel(cp, "pair_histogram_encoded_i32" if g2d.dtype == cp.int32 else
+                                "pair_histogram_encoded_i64", encoded_module_source)
+            _launch_histogram(histogram, n_images, n_pixels, tile_pixels, (g2d, q2d),
+                              (np.int64(n_pixels), np.int64(tile_pixels), np.int32(mode),
+                               np.int64(divisor), np.int64(void_label), lut,
+                               np.int64(lut.size), np.int32(inst_bits)),
+                              (table_keys, table_counts, np.int32(cap_log2), status))
+        return _compact(cp, table_keys, table_counts, cap_log2, status)
 
 
 def derive_segment_tables(pairs: PairTables, *, inst_bits: int, is_thing, crowd_rule: bool,
@@ -444,7 +504,7 @@ def derive_segment_tables(pairs: PairTables, *, inst_bits: int, is_thing, crowd_
         tables = [cp.empty((n_images, cap), cp.int32) for _ in range(6)]
         n_gt, n_pred = cp.empty(n_images, cp.int32), cp.empty(n_images, cp.int32)
         if n_images:
-            _kernel(cp, "derive_segment_tables", encode_source)(
+            _kernel(cp, "derive_segment_tables", encoded_module_source)(
                 (n_images,), (MATCH_THREADS,),
                 (pairs.gt, pairs.pred, pairs.n_pairs, np.int32(cap.bit_length() - 1),
                  np.int32(inst_bits), is_thing, np.int32(bool(crowd_rule)), tables[0],
@@ -547,6 +607,10 @@ class CupyBackend:
 
     def encode(self, gt, pred, **options):
         return encode_batch(gt, pred, stream=self.stream, **options)
+
+    def histogram_encoded(self, gt, pred, capacity: int, **encoding) -> PairTables:
+        return pair_histogram_encoded(gt, pred, capacity=capacity, stream=self.stream,
+                                      **encoding)
 
     def derive_tables(self, pairs, **options):
         return derive_segment_tables(pairs, stream=self.stream, **options)

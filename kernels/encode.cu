@@ -4,8 +4,9 @@
 // pairs.cu histograms, and derive the segment tables from the pair tables, so that these
 // conventions need no segments_info and no host work (SPEC: segments come from the ids).
 //
-// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu.py). kernels/encode_cuda.py holds
-// the CPU twins.
+// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu.py) after pairs.cu, in one
+// module: the fused kernel below reuses pairs.cu's histogram. kernels/encode_cuda.py holds the
+// CPU twins.
 //
 // Encoded id of a pixel: 0 for void (category == void_label), else
 //     ((dense category index + 1) << inst_bits) | instance,
@@ -13,15 +14,8 @@
 // Ascending encoded ids order segments by category, then instance, as the host's ids do within
 // a category; the matcher's per-category sums therefore come in the host's order.
 
-#ifndef FASTPQ_BLOCK_THREADS
-#define FASTPQ_BLOCK_THREADS 256
-#endif
-#ifndef FASTPQ_MATCH_THREADS
-#define FASTPQ_MATCH_THREADS 128
-#endif
-
-// status bits shared with pairs.cu (kernels/pairs_cuda.py names them)
-#define STATUS_ID_OUT_OF_RANGE 2        // a category or instance outside [0, 2^31)
+// status bits beside pairs.cu's (kernels/pairs_cuda.py names them all); STATUS_ID_OUT_OF_RANGE
+// (pairs.cu) also flags a category or instance outside [0, 2^31)
 #define STATUS_CATEGORY_UNKNOWN 32      // a category neither in the table nor the void label
 #define STATUS_INSTANCE_TOO_LARGE 64    // an instance id >= 2^inst_bits
 
@@ -118,6 +112,76 @@ encode_maps_i64(const long long* __restrict__ gt, const long long* __restrict__ 
 {
     encode_maps<long long>(gt, pred, n_pixels, mode, divisor, void_label, lut, lut_size,
                            inst_bits, gt_ids, pred_ids, status);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pair histogram of encoded maps in one pass: pairs.cu's histogram_tile with a reader that
+// encodes each pixel as it is read (no id maps are written). Grid and tables as pair_histogram_*;
+// the encoding's status bits go into the tables' status.
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+struct EncodedReader {
+    const T* g;
+    const T* p;
+    int mode;
+    long long divisor;
+    long long void_label;
+    const int* lut;
+    long long lut_size;
+    int inst_bits;
+    int bad;
+    static constexpr bool kVec4 = false;
+
+    __device__ __forceinline__ u64 pixel(long long i)
+    {
+        const int a = encode_at(g, i, mode, divisor, void_label, lut, lut_size, inst_bits, bad);
+        const int b = encode_at(p, i, mode, divisor, void_label, lut, lut_size, inst_bits, bad);
+        return pair_key(a, b);
+    }
+
+    __device__ __forceinline__ void quad(long long, u64 (&)[4]) {}
+
+    __device__ __forceinline__ int status_bits() const { return bad; }
+};
+
+template <typename T>
+__device__ __forceinline__ void encoded_histogram(
+    const T* __restrict__ gt, const T* __restrict__ pred, long long n_pixels,
+    long long tile_pixels, int mode, long long divisor, long long void_label,
+    const int* __restrict__ lut, long long lut_size, int inst_bits, u64* __restrict__ table_keys,
+    u64* __restrict__ table_counts, int cap_log2, int* __restrict__ status)
+{
+    __shared__ u64 s_keys[FASTPQ_SHARED_SLOTS];
+    __shared__ u32 s_counts[FASTPQ_SHARED_SLOTS];
+    const long long offset = blockIdx.y * n_pixels * (mode == MODE_PAIRS ? 2 : 1);
+    EncodedReader<T> reader{gt + offset, pred + offset, mode, divisor, void_label, lut,
+                            lut_size, inst_bits, 0};
+    histogram_tile(reader, n_pixels, tile_pixels, 0, table_keys, table_counts, cap_log2, status,
+                   s_keys, s_counts);
+}
+
+extern "C" __global__ void __launch_bounds__(FASTPQ_BLOCK_THREADS)
+pair_histogram_encoded_i32(const int* __restrict__ gt, const int* __restrict__ pred,
+                           long long n_pixels, long long tile_pixels, int mode,
+                           long long divisor, long long void_label, const int* __restrict__ lut,
+                           long long lut_size, int inst_bits, u64* __restrict__ table_keys,
+                           u64* __restrict__ table_counts, int cap_log2, int* __restrict__ status)
+{
+    encoded_histogram<int>(gt, pred, n_pixels, tile_pixels, mode, divisor, void_label, lut,
+                           lut_size, inst_bits, table_keys, table_counts, cap_log2, status);
+}
+
+extern "C" __global__ void __launch_bounds__(FASTPQ_BLOCK_THREADS)
+pair_histogram_encoded_i64(const long long* __restrict__ gt, const long long* __restrict__ pred,
+                           long long n_pixels, long long tile_pixels, int mode,
+                           long long divisor, long long void_label, const int* __restrict__ lut,
+                           long long lut_size, int inst_bits, u64* __restrict__ table_keys,
+                           u64* __restrict__ table_counts, int cap_log2, int* __restrict__ status)
+{
+    encoded_histogram<long long>(gt, pred, n_pixels, tile_pixels, mode, divisor, void_label,
+                                 lut, lut_size, inst_bits, table_keys, table_counts, cap_log2,
+                                 status);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -204,9 +204,43 @@ __device__ __forceinline__ void add_span(u64 (&k)[4], u32 (&c)[4], int lane, u64
 // the end of the tile. Flat regions thus cost loads and a few warp votes, no atomics.
 // ---------------------------------------------------------------------------------------------
 
+// How histogram_tile reads pixels: a Reader gives the (gt, pred) key of pixel i of its image
+// (pixel), may read four adjacent pixels as one int4 of each map (kVec4, quad), and reports the
+// status bits of what it read (status_bits) once the tile is done.
 template <typename T>
-__device__ __forceinline__ void histogram_tile(const T* __restrict__ gt,
-                                               const T* __restrict__ pred, long long n_pixels,
+struct IdReader {
+    const T* g;
+    const T* p;
+    long long seen;  // OR of every id read: bits >= 31 mean an id outside [0, 2^31)
+    static constexpr bool kVec4 = sizeof(T) == 4;
+
+    __device__ __forceinline__ u64 pixel(long long i)
+    {
+        const T a = g[i];
+        const T b = p[i];
+        seen |= (long long)(a | b);
+        return pair_key((long long)a, (long long)b);
+    }
+
+    __device__ __forceinline__ void quad(long long q, u64 (&k)[4])
+    {
+        const int4 a = __ldg(reinterpret_cast<const int4*>(g) + q);
+        const int4 b = __ldg(reinterpret_cast<const int4*>(p) + q);
+        seen |= (long long)(a.x | a.y | a.z | a.w | b.x | b.y | b.z | b.w);
+        k[0] = pair_key(a.x, b.x);
+        k[1] = pair_key(a.y, b.y);
+        k[2] = pair_key(a.z, b.z);
+        k[3] = pair_key(a.w, b.w);
+    }
+
+    __device__ __forceinline__ int status_bits() const
+    {
+        return ((u64)seen >> 31) != 0ull ? STATUS_ID_OUT_OF_RANGE : 0;
+    }
+};
+
+template <typename Reader>
+__device__ __forceinline__ void histogram_tile(Reader& reader, long long n_pixels,
                                                long long tile_pixels, int vec4,
                                                u64* __restrict__ table_keys,
                                                u64* __restrict__ table_counts, int cap_log2,
@@ -224,8 +258,6 @@ __device__ __forceinline__ void histogram_tile(const T* __restrict__ gt,
     u64* keys = table_keys + (image << cap_log2);
     u64* counts = table_counts + (image << cap_log2);
     int* image_status = status + image;
-    const T* g = gt + image * n_pixels;
-    const T* p = pred + image * n_pixels;
 
     for (int s = tid; s < FASTPQ_SHARED_SLOTS; s += blockDim.x) {
         s_keys[s] = FASTPQ_EMPTY_KEY;
@@ -233,43 +265,37 @@ __device__ __forceinline__ void histogram_tile(const T* __restrict__ gt,
     }
     __syncthreads();
 
-    long long seen = 0;  // OR of every id read: bits >= 31 mean an id outside [0, 2^31)
     u64 run_key = FASTPQ_EMPTY_KEY;  // the warp's run (warp-uniform)
     u32 run_count = 0u;
     u64 k[4];
     u32 c[4];
-    if (vec4 && sizeof(T) == 4) {
-        const int4* g4 = reinterpret_cast<const int4*>(g);
-        const int4* p4 = reinterpret_cast<const int4*>(p);
-        const long long quad_end = end >> 2;
-        for (long long base = (start >> 2) + warp * 32; base < quad_end; base += n_warps * 32) {
-            const long long q = base + lane;
-            if (q < quad_end) {
-                const int4 a = __ldg(g4 + q);
-                const int4 b = __ldg(p4 + q);
-                seen |= (long long)(a.x | a.y | a.z | a.w | b.x | b.y | b.z | b.w);
-                k[0] = pair_key(a.x, b.x);
-                k[1] = pair_key(a.y, b.y);
-                k[2] = pair_key(a.z, b.z);
-                k[3] = pair_key(a.w, b.w);
-                c[0] = c[1] = c[2] = c[3] = 1u;
-            } else {
-                k[0] = k[1] = k[2] = k[3] = FASTPQ_EMPTY_KEY;
-                c[0] = c[1] = c[2] = c[3] = 0u;
+    bool scalar = true;
+    if constexpr (Reader::kVec4) {
+        if (vec4) {
+            scalar = false;
+            const long long quad_end = end >> 2;
+            for (long long base = (start >> 2) + warp * 32; base < quad_end;
+                 base += n_warps * 32) {
+                const long long q = base + lane;
+                if (q < quad_end) {
+                    reader.quad(q, k);
+                    c[0] = c[1] = c[2] = c[3] = 1u;
+                } else {
+                    k[0] = k[1] = k[2] = k[3] = FASTPQ_EMPTY_KEY;
+                    c[0] = c[1] = c[2] = c[3] = 0u;
+                }
+                add_span(k, c, lane, &run_key, &run_count, s_keys, s_counts, keys, counts,
+                         cap_log2, image_status);
             }
-            add_span(k, c, lane, &run_key, &run_count, s_keys, s_counts, keys, counts, cap_log2,
-                     image_status);
         }
-    } else {
+    }
+    if (scalar) {
         for (long long base = start + warp * 128; base < end; base += n_warps * 128) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const long long i = base + 32 * j + lane;
                 if (i < end) {
-                    const T a = g[i];
-                    const T b = p[i];
-                    seen |= (long long)(a | b);
-                    k[j] = pair_key((long long)a, (long long)b);
+                    k[j] = reader.pixel(i);
                     c[j] = 1u;
                 } else {
                     k[j] = FASTPQ_EMPTY_KEY;
@@ -284,10 +310,11 @@ __device__ __forceinline__ void histogram_tile(const T* __restrict__ gt,
         shared_insert(s_keys, s_counts, run_key, run_count, keys, counts, cap_log2, image_status);
     }
 
-    // barrier before the flush, and one flag per block for out-of-range ids
-    if (__syncthreads_or(((u64)seen >> 31) != 0ull) && tid == 0) {
-        atomicOr(image_status, STATUS_ID_OUT_OF_RANGE);
+    const int bits = reader.status_bits();
+    if (bits) {
+        atomicOr(image_status, bits);
     }
+    __syncthreads();  // the shared table is complete before the flush
     for (int s = tid; s < FASTPQ_SHARED_SLOTS; s += blockDim.x) {
         const u64 key = s_keys[s];
         if (key != FASTPQ_EMPTY_KEY) {
@@ -318,8 +345,9 @@ pair_histogram_i32(const int* __restrict__ gt, const int* __restrict__ pred, lon
 {
     __shared__ u64 s_keys[FASTPQ_SHARED_SLOTS];
     __shared__ u32 s_counts[FASTPQ_SHARED_SLOTS];
-    histogram_tile<int>(gt, pred, n_pixels, tile_pixels, vec4, table_keys, table_counts,
-                        cap_log2, status, s_keys, s_counts);
+    IdReader<int> reader{gt + blockIdx.y * n_pixels, pred + blockIdx.y * n_pixels, 0};
+    histogram_tile(reader, n_pixels, tile_pixels, vec4, table_keys, table_counts, cap_log2,
+                   status, s_keys, s_counts);
 }
 
 extern "C" __global__ void __launch_bounds__(FASTPQ_BLOCK_THREADS)
@@ -330,9 +358,10 @@ pair_histogram_i64(const long long* __restrict__ gt, const long long* __restrict
 {
     __shared__ u64 s_keys[FASTPQ_SHARED_SLOTS];
     __shared__ u32 s_counts[FASTPQ_SHARED_SLOTS];
-    // int64 maps always take the scalar path (histogram_tile checks sizeof(T))
-    histogram_tile<long long>(gt, pred, n_pixels, tile_pixels, vec4, table_keys, table_counts,
-                              cap_log2, status, s_keys, s_counts);
+    // int64 maps always take the scalar path (IdReader<long long>::kVec4 is false)
+    IdReader<long long> reader{gt + blockIdx.y * n_pixels, pred + blockIdx.y * n_pixels, 0};
+    histogram_tile(reader, n_pixels, tile_pixels, vec4, table_keys, table_counts, cap_log2,
+                   status, s_keys, s_counts);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -143,8 +143,29 @@ def test_instance_bits_and_lookup_table():
 
 ENCODE_DRIVER = r"""
 #include "cuda_shim.h"
+#include "pairs.cu"
 #include "encode.cu"
 extern "C" {
+void run_encoded_histogram(int wide, const void* gt, const void* pred, long long n_images,
+                           long long n_pixels, long long tile, int mode, long long divisor,
+                           long long void_label, const int* lut, long long lut_size,
+                           int inst_bits, u64* keys, u64* counts, int cap_log2, int* status) {
+    dim3 grid; grid.x = (unsigned)((n_pixels + tile - 1) / tile); grid.y = (unsigned)n_images;
+    dim3 block; block.x = FASTPQ_BLOCK_THREADS;
+    if (wide) shim_launch(grid, block, [&] { pair_histogram_encoded_i64((const long long*)gt,
+        (const long long*)pred, n_pixels, tile, mode, divisor, void_label, lut, lut_size,
+        inst_bits, keys, counts, cap_log2, status); });
+    else shim_launch(grid, block, [&] { pair_histogram_encoded_i32((const int*)gt,
+        (const int*)pred, n_pixels, tile, mode, divisor, void_label, lut, lut_size, inst_bits,
+        keys, counts, cap_log2, status); });
+}
+void run_compact(long long n_images, const u64* keys, const u64* counts, int cap_log2, u64* sk,
+                 u64* sc, int* pair_gt, int* pair_pred, long long* pair_count, int* n_pairs) {
+    dim3 grid; grid.x = (unsigned)n_images; dim3 block; block.x = FASTPQ_BLOCK_THREADS;
+    shim_launch(grid, block, [&] {
+        compact_pair_tables(keys, counts, cap_log2, sk, sc, pair_gt, pair_pred, pair_count,
+                            n_pairs); });
+}
 void run_encode(int wide, const void* gt, const void* pred, long long n_images,
                 long long n_pixels, int mode, long long divisor, long long void_label,
                 const int* lut, long long lut_size, int inst_bits, int* gt_ids, int* pred_ids,
@@ -181,8 +202,10 @@ def encode_shim(tmp_path_factory):
     (folder / "driver.cpp").write_text(ENCODE_DRIVER)
     build = subprocess.run(
         [compiler, "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra",
-         "-Wno-unused-function", "-I", os.path.dirname(ENCODE_SOURCE), "-o",
-         str(folder / "shim.so"), str(folder / "driver.cpp")],
+         "-Wno-unused-function", "-Wno-unknown-pragmas", "-DFASTPQ_BLOCK_THREADS=64",
+         "-DFASTPQ_SHARED_LOG2=4", "-DFASTPQ_SHARED_MAX_PROBE=4", "-I",
+         os.path.dirname(ENCODE_SOURCE), "-o", str(folder / "shim.so"),
+         str(folder / "driver.cpp")],
         capture_output=True, text=True,
     )
     assert build.returncode == 0 and "warning" not in build.stderr, build.stderr
@@ -236,6 +259,50 @@ def test_encode_cu_on_cpu_threads_equals_its_emulation(encode_shim, dtype):
             pairs_cuda.STATUS_ID_OUT_OF_RANGE | pairs_cuda.STATUS_INSTANCE_TOO_LARGE]
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("mode", [MODE_PAIRS, MODE_DIVISOR])
+def test_fused_encoded_histogram_on_cpu_threads_equals_its_emulation(encode_shim, dtype, mode):
+    """pair_histogram_encoded_* (small shared tables: the overflow paths too) against the
+    emulation's encode-then-histogram, status bits included."""
+    rng = np.random.default_rng(8)
+    lut, _ = encode_cuda.category_lut([1, 2, 5, 9], [1, 0, 1, 0])
+    inst_bits, n_images, n_pixels, tile = 9, 3, 37 * 29, 300
+    categories = rng.choice([0, 1, 2, 5, 9], (n_images, n_pixels))
+    instances = rng.integers(0, 6, (n_images, n_pixels))
+    if mode == MODE_PAIRS:
+        gt = np.stack([categories, instances], -1).reshape(n_images, -1).astype(dtype)
+    else:
+        gt = (categories * 1000 + instances).astype(dtype)
+    pred = np.roll(gt, 7, axis=1)
+    pred[2, :4] = [7, 1, 3, 2] if mode == MODE_PAIRS else [7000, 1, 3000, 2]
+    divisor = 1000 if mode == MODE_DIVISOR else 1
+    g_ids, p_ids, enc_status = encode_cuda.encode_emulated(gt, pred, mode, divisor, 0, lut,
+                                                           inst_bits)
+    want = pairs_cuda.pair_histogram_emulated(g_ids[:, None], p_ids[:, None], capacity=1024,
+                                              tile_pixels=tile, vec4=False)
+    cap_log2 = pairs_cuda.capacity_log2(1024)
+    keys = np.full((n_images, 1 << cap_log2), pairs_cuda.EMPTY_KEY, np.uint64)
+    counts = np.zeros_like(keys)
+    status = np.zeros(n_images, np.int32)
+    ll, i32 = ctypes.c_longlong, ctypes.c_int
+    encode_shim.run_encoded_histogram(
+        i32(int(gt.dtype == np.int64)), _p(gt), _p(pred), ll(n_images), ll(n_pixels), ll(tile),
+        i32(mode), ll(divisor), ll(0), _p(lut), ll(lut.size), i32(inst_bits), _p(keys),
+        _p(counts), i32(cap_log2), _p(status))
+    out = [np.zeros(keys.shape, t) for t in (np.int32, np.int32, np.int64)]
+    n_pairs = np.zeros(n_images, np.int32)
+    scratch = [np.empty_like(keys), np.empty_like(keys)]  # alive during the call
+    encode_shim.run_compact(ll(n_images), _p(keys), _p(counts), i32(cap_log2), _p(scratch[0]),
+                            _p(scratch[1]), _p(out[0]), _p(out[1]), _p(out[2]), _p(n_pairs))
+    np.testing.assert_array_equal(n_pairs, want.n_pairs)
+    for b in range(n_images):
+        n = n_pairs[b]
+        for got, expected in zip(out, (want.gt, want.pred, want.count)):
+            np.testing.assert_array_equal(got[b, :n], expected[b, :n])
+    np.testing.assert_array_equal(status, want.status | enc_status)
+    assert status[2] == pairs_cuda.STATUS_CATEGORY_UNKNOWN
+
+
 def test_derive_cu_on_cpu_threads_equals_its_emulation(encode_shim):
     rng = np.random.default_rng(6)
     inst_bits = 9
@@ -270,15 +337,19 @@ def test_derive_cu_on_cpu_threads_equals_its_emulation(encode_shim):
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_encode_cu_compiles_without_warnings_or_spills(tmp_path, arch):
-    spills = nvcc_spills(ENCODE_SOURCE, arch, tmp_path)
-    assert spills == [("0", "0")] * 3, spills
+    from fastpq.gpu import encoded_module_source
+
+    module = tmp_path / "pairs_and_encode.cu"  # the module fastpq.gpu builds
+    module.write_text(encoded_module_source())
+    spills = nvcc_spills(str(module), arch, tmp_path)
+    assert spills == [("0", "0")] * 10, spills
 
 
 def test_encode_cu_compiles_with_nvrtc():
-    from fastpq.gpu import encode_source
+    from fastpq.gpu import encoded_module_source
 
     options = ["-arch=compute_80", *pairs_cuda.nvrtc_options()]
-    assert nvrtc_log(encode_source(), "encode.cu", options) == ""
+    assert nvrtc_log(encoded_module_source(), "pairs_and_encode.cu", options) == ""
 
 
 # -- on a GPU --------------------------------------------------------------------------------------
