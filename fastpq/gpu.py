@@ -44,7 +44,7 @@ from fastpq.kernels.pairs_cuda import (
 
 __all__ = [
     "CupyBackend", "MatchPartials", "PairTables", "SegmentTables", "accumulate_partials",
-    "accumulate_source", "cuda_source", "derive_segment_tables", "encode_batch", "encode_source",
+    "accumulate_source", "cuda_source", "derive_segment_tables", "encode_source",
     "encoded_module_source", "match_batch", "pair_histogram_batch", "pair_histogram_encoded",
     "pair_histogram_retrying",
 ]
@@ -422,50 +422,14 @@ def accumulate_partials(partials: MatchPartials, state, *, update: int, stream=N
         )
 
 
-def encode_batch(gt, pred, *, mode: int, lut, inst_bits: int, void_label: int,
-                 divisor: int = 1, stream=None):
-    """Encoded int32 id maps of a batch of pairs-convention ((B, H, W, 2) [category, instance])
-    or divisor-convention ((B, H, W) ids) maps, and their (B,) status bits
-    (``kernels/encode.cu``; ``mode`` from :mod:`fastpq.kernels.encode_cuda`). ``lut`` is the
-    device category lookup table. Returns ``(gt_ids, pred_ids, status)`` of shape (B, H, W),
-    (B, H, W), (B,). Nothing is synchronised."""
-    from fastpq.kernels.encode_cuda import MODE_PAIRS
-
-    cp = _cupy()
-    device_id = _device_id(cp, gt)
-    with cp.cuda.Device(device_id), _stream(cp, stream, device_id, (gt, pred)):
-        g, q = _as_device_array(cp, gt), _as_device_array(cp, pred)
-        if g.shape != q.shape:
-            raise ValueError(f"gt and pred maps must have the same shape, got {tuple(g.shape)} "
-                             f"and {tuple(q.shape)}")
-        shape = g.shape[:-1] if mode == MODE_PAIRS else g.shape
-        n_images = shape[0]
-        n_pixels = int(np.prod(shape[1:], dtype=np.int64))
-        g2d, q2d = batch_label_maps(g.reshape(n_images, -1), q.reshape(n_images, -1), cp)
-        gt_ids = cp.empty(shape, cp.int32)
-        pred_ids = cp.empty(shape, cp.int32)
-        status = cp.zeros(n_images, cp.int32)
-        if n_images and n_pixels:
-            kernel = _kernel(cp, "encode_maps_i32" if g2d.dtype == cp.int32 else
-                             "encode_maps_i64", encoded_module_source)
-            tiles = min(-(-n_pixels // BLOCK_THREADS), 1024)
-            for first in range(0, n_images, MAX_GRID_Y):
-                last = min(first + MAX_GRID_Y, n_images)
-                kernel((tiles, last - first), (BLOCK_THREADS,),
-                       (g2d[first:last], q2d[first:last], np.int64(n_pixels), np.int32(mode),
-                        np.int64(divisor), np.int64(void_label), lut, np.int64(lut.size),
-                        np.int32(inst_bits), gt_ids[first:last], pred_ids[first:last],
-                        status[first:last]))
-    return gt_ids, pred_ids, status
-
-
 def pair_histogram_encoded(gt, pred, *, mode: int, lut, inst_bits: int, void_label: int,
                            divisor: int = 1, capacity: int = DEFAULT_CAPACITY,
                            tile_pixels: int = DEFAULT_TILE_PIXELS, stream=None) -> PairTables:
-    """:func:`pair_histogram_batch` of the encoded ids of pairs- or divisor-convention maps
-    (arguments as :func:`encode_batch`), in one pass: each pixel is encoded as it is read and no
-    id map is written. The encoding's status bits are in the tables' ``status``. Nothing is
-    synchronised."""
+    """:func:`pair_histogram_batch` of the encoded ids of a batch of pairs-convention
+    ((B, H, W, 2) [category, instance]) or divisor-convention ((B, H, W) ids) maps, in one pass
+    (``kernels/encode.cu``): each pixel is encoded as it is read and no id map is written.
+    ``mode`` is from :mod:`fastpq.kernels.encode_cuda`, ``lut`` the device category lookup
+    table. The encoding's status bits are in the tables' ``status``. Nothing is synchronised."""
     from fastpq.kernels.encode_cuda import MODE_PAIRS
 
     cp = _cupy()
@@ -604,9 +568,6 @@ class CupyBackend:
 
     def accumulate(self, partials, state, update: int) -> None:
         accumulate_partials(partials, state, update=update, stream=self.stream)
-
-    def encode(self, gt, pred, **options):
-        return encode_batch(gt, pred, stream=self.stream, **options)
 
     def histogram_encoded(self, gt, pred, capacity: int, **encoding) -> PairTables:
         return pair_histogram_encoded(gt, pred, capacity=capacity, stream=self.stream,

@@ -1,8 +1,9 @@
 // fastpq GPU kernels for maps whose ids encode (category, instance): the pairs convention
 // ((B, H, W, 2) [category, instance] maps, torchmetrics' layout) and the divisor convention
-// (id = category * divisor + instance). They turn such maps into the int32 id maps that
-// pairs.cu histograms, and derive the segment tables from the pair tables, so that these
-// conventions need no segments_info and no host work (SPEC: segments come from the ids).
+// (id = category * divisor + instance). They histogram such maps with pairs.cu's histogram,
+// encoding each pixel to an int32 id as it is read, and derive the segment tables from the pair
+// tables, so that these conventions need no segments_info and no host work (SPEC: segments come
+// from the ids).
 //
 // Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu.py) after pairs.cu, in one
 // module: the fused kernel below reuses pairs.cu's histogram. kernels/encode_cuda.py holds the
@@ -65,53 +66,6 @@ __device__ __forceinline__ int encode_at(const T* __restrict__ map, long long i,
         instance = id - category * divisor;
     }
     return encode_pixel(category, instance, void_label, lut, lut_size, inst_bits, bad);
-}
-
-// Grid (tiles, B), FASTPQ_BLOCK_THREADS threads; block (t, b) strides over image b's pixels.
-template <typename T>
-__device__ __forceinline__ void encode_maps(const T* __restrict__ gt, const T* __restrict__ pred,
-                                            long long n_pixels, int mode, long long divisor,
-                                            long long void_label, const int* __restrict__ lut,
-                                            long long lut_size, int inst_bits,
-                                            int* __restrict__ gt_ids, int* __restrict__ pred_ids,
-                                            int* __restrict__ status)
-{
-    const long long image = blockIdx.y;
-    const long long values = mode == MODE_PAIRS ? 2 : 1;
-    const T* g = gt + image * n_pixels * values;
-    const T* p = pred + image * n_pixels * values;
-    int* g_out = gt_ids + image * n_pixels;
-    int* p_out = pred_ids + image * n_pixels;
-    int bad = 0;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_pixels;
-         i += stride) {
-        g_out[i] = encode_at(g, i, mode, divisor, void_label, lut, lut_size, inst_bits, bad);
-        p_out[i] = encode_at(p, i, mode, divisor, void_label, lut, lut_size, inst_bits, bad);
-    }
-    if (bad) {
-        atomicOr(status + image, bad);
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(FASTPQ_BLOCK_THREADS)
-encode_maps_i32(const int* __restrict__ gt, const int* __restrict__ pred, long long n_pixels,
-                int mode, long long divisor, long long void_label, const int* __restrict__ lut,
-                long long lut_size, int inst_bits, int* __restrict__ gt_ids,
-                int* __restrict__ pred_ids, int* __restrict__ status)
-{
-    encode_maps<int>(gt, pred, n_pixels, mode, divisor, void_label, lut, lut_size, inst_bits,
-                     gt_ids, pred_ids, status);
-}
-
-extern "C" __global__ void __launch_bounds__(FASTPQ_BLOCK_THREADS)
-encode_maps_i64(const long long* __restrict__ gt, const long long* __restrict__ pred,
-                long long n_pixels, int mode, long long divisor, long long void_label,
-                const int* __restrict__ lut, long long lut_size, int inst_bits,
-                int* __restrict__ gt_ids, int* __restrict__ pred_ids, int* __restrict__ status)
-{
-    encode_maps<long long>(gt, pred, n_pixels, mode, divisor, void_label, lut, lut_size,
-                           inst_bits, gt_ids, pred_ids, status);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ def category_lut(category_ids, thing_mask, max_lut: int = 1 << 20):
 
 
 def encode_emulated(gt, pred, mode: int, divisor: int, void_label: int, lut, inst_bits: int):
-    """What ``encode_maps_*`` computes: (B, N) int32 id maps of each side and (B,) status bits.
+    """The encoding ``pair_histogram_encoded_*`` applies to each pixel (``encode_at``), on whole
+    maps: (B, N) int32 id maps of each side and (B,) status bits.
     ``gt``/``pred`` are (B, 2N) interleaved [category, instance] (pairs) or (B, N) ids."""
     outputs = []
     status = np.zeros(gt.shape[0], np.int32)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict
 from typing import Mapping, Sequence
 
 import torch
