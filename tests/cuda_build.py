@@ -1,6 +1,8 @@
-"""Compiling the CUDA sources in tests without a GPU: nvcc (cubin, with ptxas' resource report)
-and NVRTC through CuPy. Each helper asserts a clean build and skips where the tool is missing."""
+"""Compiling the CUDA sources in tests without a GPU: nvcc (cubin, with ptxas' resource report),
+NVRTC through CuPy, and g++ with a CUDA shim header (the kernels on CPU threads). Each helper
+asserts a clean build and skips where the tool is missing."""
 
+import ctypes
 import os
 import re
 import shutil
@@ -40,3 +42,23 @@ def nvrtc_log(text: str, name: str, options) -> str:
         return nvrtc.getProgramLog(program).strip("\x00 \n")
     finally:
         nvrtc.destroyProgram(program)
+
+
+def build_cpu_shim(folder, shim_header: str, driver: str, include_dir: str, flags=(),
+                   optimise: str = "-O1"):
+    """Build ``driver`` (C++ that includes ``cuda_shim.h`` and the .cu files of
+    ``include_dir``) with g++ into a shared library in ``folder``, warnings refused; returns it
+    loaded with ctypes."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ is not installed")
+    (folder / "cuda_shim.h").write_text(shim_header)
+    (folder / "driver.cpp").write_text(driver)
+    build = subprocess.run(
+        [compiler, "-std=c++17", optimise, "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra",
+         "-Wno-unknown-pragmas", "-Wno-unused-function", "-I", include_dir, *flags, "-o",
+         str(folder / "shim.so"), str(folder / "driver.cpp")],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0 and "warning" not in build.stderr, build.stderr
+    return ctypes.CDLL(str(folder / "shim.so"))

@@ -8,8 +8,6 @@ compile it. Tests marked ``gpu`` run the real kernels.
 
 import ctypes
 import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -21,8 +19,8 @@ from fastpq.kernels.encode_cuda import MODE_DIVISOR, MODE_PAIRS
 from conventions import divisor_map, pairs_map
 import test_device_state
 from test_device_state import _torch_cuda, assert_same_state, host_path
-from cuda_build import nvcc_spills, nvrtc_log
-from test_gpu_kernel import CUDA_SHIM, HAS_GPU
+from cuda_build import build_cpu_shim, nvcc_spills, nvrtc_log
+from test_gpu_kernel import CUDA_SHIM, HAS_GPU, SHIM_DRIVER
 
 COCO = fastpq.Categories.coco_panoptic()
 ENCODE_SOURCE = os.path.join(os.path.dirname(pairs_cuda.__file__), "encode.cu")
@@ -141,9 +139,7 @@ def test_instance_bits_and_lookup_table():
 
 # -- encode.cu itself -----------------------------------------------------------------------------
 
-ENCODE_DRIVER = r"""
-#include "cuda_shim.h"
-#include "pairs.cu"
+ENCODE_DRIVER = SHIM_DRIVER + r"""
 #include "encode.cu"
 extern "C" {
 void run_encoded_histogram(int wide, const void* gt, const void* pred, long long n_images,
@@ -158,13 +154,6 @@ void run_encoded_histogram(int wide, const void* gt, const void* pred, long long
     else shim_launch(grid, block, [&] { pair_histogram_encoded_i32((const int*)gt,
         (const int*)pred, n_pixels, tile, mode, divisor, void_label, lut, lut_size, inst_bits,
         keys, counts, cap_log2, status); });
-}
-void run_compact(long long n_images, const u64* keys, const u64* counts, int cap_log2, u64* sk,
-                 u64* sc, int* pair_gt, int* pair_pred, long long* pair_count, int* n_pairs) {
-    dim3 grid; grid.x = (unsigned)n_images; dim3 block; block.x = FASTPQ_BLOCK_THREADS;
-    shim_launch(grid, block, [&] {
-        compact_pair_tables(keys, counts, cap_log2, sk, sc, pair_gt, pair_pred, pair_count,
-                            n_pairs); });
 }
 void run_derive(long long n_images, const int* pair_gt, const int* pair_pred, const int* n_pairs,
                 int cap_log2, int inst_bits, const int* is_thing, int crowd_rule, int* first,
@@ -181,22 +170,10 @@ void run_derive(long long n_images, const int* pair_gt, const int* pair_pred, co
 
 @pytest.fixture(scope="module")
 def encode_shim(tmp_path_factory):
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed")
-    folder = tmp_path_factory.mktemp("encode")
-    (folder / "cuda_shim.h").write_text(CUDA_SHIM)
-    (folder / "driver.cpp").write_text(ENCODE_DRIVER)
-    build = subprocess.run(
-        [compiler, "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra",
-         "-Wno-unused-function", "-Wno-unknown-pragmas", "-DFASTPQ_BLOCK_THREADS=64",
-         "-DFASTPQ_SHARED_LOG2=4", "-DFASTPQ_SHARED_MAX_PROBE=4", "-I",
-         os.path.dirname(ENCODE_SOURCE), "-o", str(folder / "shim.so"),
-         str(folder / "driver.cpp")],
-        capture_output=True, text=True,
-    )
-    assert build.returncode == 0 and "warning" not in build.stderr, build.stderr
-    return ctypes.CDLL(str(folder / "shim.so"))
+    return build_cpu_shim(tmp_path_factory.mktemp("encode"), CUDA_SHIM, ENCODE_DRIVER,
+                          os.path.dirname(ENCODE_SOURCE),
+                          ["-DFASTPQ_BLOCK_THREADS=64", "-DFASTPQ_SHARED_LOG2=4",
+                           "-DFASTPQ_SHARED_MAX_PROBE=4"])
 
 
 def _p(array):

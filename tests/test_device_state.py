@@ -11,8 +11,6 @@ import contextlib
 import ctypes
 import os
 import pickle
-import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -30,7 +28,7 @@ from fastpq.kernels.pairs_cuda import (
     STATUS_PRED_ID_NOT_LISTED,
     MatchPartials,
 )
-from cuda_build import nvcc_spills, nvrtc_log
+from cuda_build import build_cpu_shim, nvcc_spills, nvrtc_log
 from test_gpu_kernel import CUDA_SHIM, HAS_GPU
 
 COCO = fastpq.Categories.coco_panoptic()
@@ -421,21 +419,9 @@ extern "C" void run_accumulate(const long long* tp_b, const long long* fp_b,
 
 @pytest.fixture(scope="module")
 def accumulate_shim(tmp_path_factory):
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed")
-    folder = tmp_path_factory.mktemp("accumulate")
-    (folder / "cuda_shim.h").write_text(CUDA_SHIM)
-    (folder / "driver.cpp").write_text(ACCUMULATE_DRIVER)
-    build = subprocess.run(
-        [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra",
-         "-Wno-unused-function", "-ffp-contract=off", "-I", os.path.dirname(ACCUMULATE_SOURCE),
-         "-DFASTPQ_ACCUMULATE_THREADS=32", "-o", str(folder / "shim.so"),
-         str(folder / "driver.cpp")],
-        capture_output=True, text=True,
-    )
-    assert build.returncode == 0 and "warning" not in build.stderr, build.stderr
-    return ctypes.CDLL(str(folder / "shim.so"))
+    return build_cpu_shim(tmp_path_factory.mktemp("accumulate"), CUDA_SHIM, ACCUMULATE_DRIVER,
+                          os.path.dirname(ACCUMULATE_SOURCE),
+                          ["-ffp-contract=off", "-DFASTPQ_ACCUMULATE_THREADS=32"], optimise="-O2")
 
 
 def test_accumulate_cu_on_cpu_threads_equals_the_host_twin(accumulate_shim):

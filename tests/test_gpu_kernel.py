@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 from fastpq.kernels import pairs_cuda
-from cuda_build import NVCC, nvcc_spills, nvrtc_log
+from cuda_build import NVCC, build_cpu_shim, nvcc_spills, nvrtc_log
 from fastpq.kernels.pairs_cuda import (
     STATUS_ID_OUT_OF_RANGE,
     STATUS_PAIR_TABLE_OVERFLOW,
@@ -904,22 +903,9 @@ def _ptr(array):
 
 @pytest.fixture(scope="module", params=list(SHIM_BUILDS))
 def shim(request, tmp_path_factory):
-    import ctypes
-
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed")
-    folder = tmp_path_factory.mktemp(request.param)
-    (folder / "cuda_shim.h").write_text(CUDA_SHIM)
-    (folder / "driver.cpp").write_text(SHIM_DRIVER)
-    build = subprocess.run(
-        [compiler, "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra",
-         "-Wno-unknown-pragmas", "-Wno-unused-function", "-I", os.path.dirname(SOURCE),
-         *SHIM_BUILDS[request.param], "-o", str(folder / "shim.so"), str(folder / "driver.cpp")],
-        capture_output=True, text=True,
-    )
-    assert build.returncode == 0 and "warning" not in build.stderr, build.stderr
-    return ShimKernels(ctypes.CDLL(str(folder / "shim.so")))
+    library = build_cpu_shim(tmp_path_factory.mktemp(request.param), CUDA_SHIM, SHIM_DRIVER,
+                             os.path.dirname(SOURCE), SHIM_BUILDS[request.param])
+    return ShimKernels(library)
 
 
 def test_cuda_source_on_cpu_threads_histogram(shim):
