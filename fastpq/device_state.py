@@ -305,6 +305,16 @@ def _batches(backend, gt, pred) -> tuple[list, int]:
             raise InputError(f"the ground truth is {g.shape[1]}x{g.shape[2]} but the prediction "
                              f"is {p.shape[1]}x{p.shape[2]}")
         return ([(g, p)] if g.shape[0] else []), g.shape[0]
+    maps = _image_maps(backend, gt, pred, lambda a: a.ndim == 2 or _is_rgb(a),
+                       "COCO maps are (H, W) integer ids or (H, W, 3) uint8 RGB",
+                       lambda a: _ids(xp, a))
+    return _stack_runs(xp, maps), len(maps)
+
+
+def _image_maps(backend, gt, pred, accepts, layout: str, convert=None) -> list:
+    """``[(gt, pred), ...]`` device maps of an update given as lists, one pair per image:
+    integer dtypes, shapes that ``accepts`` (else an error ending in ``layout``), equal shapes
+    after ``convert``."""
     if len(gt) != len(pred):
         raise InputError(f"{len(gt)} ground-truth maps but {len(pred)} predicted maps")
     maps = []
@@ -313,15 +323,16 @@ def _batches(backend, gt, pred) -> tuple[list, int]:
         g, p = backend.as_array(g), backend.as_array(p)
         for array, what in ((g, "ground-truth"), (p, "predicted")):
             _check_dtype(array, what, loc)
-            if not (array.ndim == 2 or _is_rgb(array)):
-                raise InputError(f"{loc}: the {what} map has shape {tuple(array.shape)}; COCO "
-                                 "maps are (H, W) integer ids or (H, W, 3) uint8 RGB")
-        g, p = _ids(xp, g), _ids(xp, p)
+            if not accepts(array):
+                raise InputError(f"{loc}: the {what} map has shape {tuple(array.shape)}; "
+                                 f"{layout}")
+        if convert is not None:
+            g, p = convert(g), convert(p)
         if g.shape != p.shape:
             raise InputError(f"{loc}: the ground truth is {g.shape[0]}x{g.shape[1]} but the "
                              f"prediction is {p.shape[0]}x{p.shape[1]}")
         maps.append((g, p))
-    return _stack_runs(xp, maps), len(maps)
+    return maps
 
 
 def _encoded_batches(backend, gt, pred, pairs: bool) -> tuple[list, int]:
@@ -345,21 +356,9 @@ def _encoded_batches(backend, gt, pred, pairs: bool) -> tuple[list, int]:
             raise InputError(f"the ground-truth maps have shape {tuple(g.shape)} but the "
                              f"predicted maps {tuple(p.shape)}")
         return ([(g, p)] if g.shape[0] else []), g.shape[0]
-    if len(gt) != len(pred):
-        raise InputError(f"{len(gt)} ground-truth maps but {len(pred)} predicted maps")
-    maps = []
-    for k, (g, p) in enumerate(zip(gt, pred)):
-        loc = where(k)
-        g, p = backend.as_array(g), backend.as_array(p)
-        for array, what in ((g, "ground-truth"), (p, "predicted")):
-            _check_dtype(array, what, loc)
-            if array.ndim != one or (pairs and array.shape[-1] != 2):
-                raise InputError(f"{loc}: the {what} map has shape {tuple(array.shape)}; this "
-                                 f"convention takes {layout} maps")
-        if g.shape != p.shape:
-            raise InputError(f"{loc}: the ground truth is {g.shape[0]}x{g.shape[1]} but the "
-                             f"prediction is {p.shape[0]}x{p.shape[1]}")
-        maps.append((g, p))
+    maps = _image_maps(backend, gt, pred,
+                       lambda a: a.ndim == one and (not pairs or a.shape[-1] == 2),
+                       f"this convention takes {layout} maps")
     return _stack_runs(xp, maps), len(maps)
 
 
