@@ -63,18 +63,39 @@ def pair_annotations(gt_json: dict, pred_json: dict, gt_file, pred_file) -> list
 _BUFFERS = threading.local()
 
 
+def _read_bytes(path, image_id, role):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image id {image_id!r}: the {role} PNG {path} does not exist") from None
+    try:  # each system call releases the GIL; open().read() makes about twice as many
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)
+        if len(data) == size:  # one byte more was asked for: this is the end of the file
+            return data
+        chunks = [data]
+        while chunks[-1]:  # a short read, or the file grew: read up to the end
+            chunks.append(os.read(fd, 1 << 20))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _read(path, image_id, role):
+    """The ids of one PNG file (see :func:`_decode`)."""
+    return _decode(_read_bytes(path, image_id, role), path, image_id, role)
+
+
+def _decode(data, path, image_id, role):
     """The ids of one PNG, in this thread's reused buffer for ``role`` (valid until the thread
-    reads the next image of that role)."""
-    from .png import IdBuffer, read_ids
+    decodes the next image of that role)."""
+    from .png import IdBuffer, read_ids_bytes
 
     buffers = getattr(_BUFFERS, "by_role", None)
     if buffers is None:
         buffers = _BUFFERS.by_role = {"ground-truth": IdBuffer(), "predicted": IdBuffer()}
     try:
-        return read_ids(path, out=buffers[role])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image id {image_id!r}: the {role} PNG {path} does not exist") from None
+        return read_ids_bytes(data, name=os.fspath(path), out=buffers[role])
     except DecodeError as e:
         raise DecodeError(f"image id {image_id!r}: {e}") from None
 
@@ -99,26 +120,34 @@ def prepare_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categorie
     Returns the pair table and segment tables (GT areas from the JSON) and the warnings about
     suspect ground truth.
     """
+    from .png import pair_counts_bytes
+
     image_id = gt_ann["image_id"]
     gt_path = os.path.join(gt_folder, gt_ann["file_name"])
     pred_path = os.path.join(pred_folder, pred_ann["file_name"])
-    gt = _read(gt_path, image_id, "ground-truth") if gt_ids is None else gt_ids
-    pred = _read(pred_path, image_id, "predicted")
-    if gt.shape != pred.shape:
-        raise InputError(f"image id {image_id!r}: the ground truth {gt_path} is "
-                         f"{gt.shape[0]}x{gt.shape[1]} but the prediction {pred_path} is "
-                         f"{pred.shape[0]}x{pred.shape[1]}")
-    pairs = pair_kernels.pair_counts(gt, pred)
-    del gt, pred
+    gt_data = _read_bytes(gt_path, image_id, "ground-truth") if gt_ids is None else None
+    pred_data = _read_bytes(pred_path, image_id, "predicted")
+    tables = pair_counts_bytes(gt_data, pred_data) if gt_ids is None else None
+    if tables is None:  # not both fast-path PNGs of one size, or gt_ids given: one map at a time
+        gt = _decode(gt_data, gt_path, image_id, "ground-truth") if gt_ids is None else gt_ids
+        pred = _decode(pred_data, pred_path, image_id, "predicted")
+        if gt.shape != pred.shape:
+            raise InputError(f"image id {image_id!r}: the ground truth {gt_path} is "
+                             f"{gt.shape[0]}x{gt.shape[1]} but the prediction {pred_path} is "
+                             f"{pred.shape[0]}x{pred.shape[1]}")
+        pairs = pair_kernels.pair_counts(gt, pred)
+        del gt, pred
+        tables = (*pairs, *pair_kernels.marginals(pairs[0], pairs[2]),
+                  *pair_kernels.marginals(pairs[1], pairs[2]))
+    pairs = tables[:3]
+    gt_present, gt_area, pred_present, pred_area = tables[3:]
     pred_table = coco_table(pred_ann["segments_info"], categories, side="pred",
                             unknown_category="drop", image_index=image_index, image_id=image_id,
                             file=pred_path)
     gt_table = coco_table(gt_ann["segments_info"], categories, side="gt", unknown_category="drop",
                           need_area=True, image_index=image_index, image_id=image_id, file=gt_path)
-    pred_ids, pred_area = pair_kernels.marginals(pairs[1], pairs[2])
-    _check_prediction(pred_table, pred_ids, pred_ann, image_id, pred_path)
-    gt_ids, gt_area = pair_kernels.marginals(pairs[0], pairs[2])
-    notes = _suspect_ground_truth(gt_table, gt_ids, gt_area, image_id, gt_path)
+    _check_prediction(pred_table, pred_present, pred_ann, image_id, pred_path)
+    notes = _suspect_ground_truth(gt_table, gt_present, gt_area, image_id, gt_path)
     return PreparedImage(pairs, gt_table, pred_table), notes
 
 

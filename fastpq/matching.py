@@ -65,7 +65,8 @@ def _pair_count(pg, pp, pc, g, p):
     return 0
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+# Holds the GIL: a call takes microseconds, less than handing the GIL to another thread and back.
+@njit(cache=True, error_model="numpy")
 def _match(pg, pp, pc, gt_ids, gt_cat, gt_crowd, gt_area_json, use_json_area,
            pred_ids, pred_cat, n_cat):
     n_gt = gt_ids.size

@@ -6,7 +6,9 @@ libpng, and for those this module takes a fast path: walk the chunks, inflate th
 libdeflate (``imagecodecs``; the standard library's zlib without it) into a buffer of the exact
 size, and unfilter the scanlines straight into ids with one Numba pass
 (`fastpq.kernels.png.unfilter_ids`). The inflate and the kernel both release the GIL, so threads
-decode files in parallel.
+decode files in parallel. `pair_counts_bytes` goes one step further for a (ground truth,
+prediction) pair of such files: both are unfiltered row by row straight into the pair histogram,
+and no id map is written.
 
 Everything else goes through Pillow exactly as the reference does, so the ids are the same:
 palette, grayscale, 16-bit and interlaced PNGs, other image formats, and any file the fast path
@@ -36,7 +38,8 @@ from typing import NamedTuple
 import numpy as np
 
 from fastpq.errors import DecodeError
-from fastpq.kernels.png import unfilter_ids
+from fastpq.kernels.pairs import INITIAL_CAPACITY
+from fastpq.kernels.png import pair_counts_scanlines, unfilter_ids
 
 try:
     import imagecodecs
@@ -145,6 +148,49 @@ def read_ids_bytes(data, name="<bytes>", out=None):
     return _read_ids_with_pillow(data, name, ids, problem=problem)
 
 
+def pair_counts_bytes(gt_data, pred_data):
+    """The pair histogram of two encoded COCO panoptic PNGs of one size, decoded straight into it.
+
+    For the PNGs `read_ids` takes its fast path, the scanlines of both files are reconstructed
+    row by row into the histogram (`fastpq.kernels.png.pair_counts_scanlines`), in one call that
+    releases the GIL; no id map is written. The table is ``pair_counts(read_ids_bytes(gt_data),
+    read_ids_bytes(pred_data))``.
+
+    Parameters
+    ----------
+    gt_data, pred_data : bytes-like
+        The encoded files.
+
+    Returns
+    -------
+    tuple of ndarray of int64, or None
+        ``(gt_ids, pred_ids, counts, gt_present, gt_area, pred_present, pred_area)``: the pair
+        table sorted by (gt, pred) and each map's distinct ids with their pixel counts. None when
+        either file is not an 8-bit RGB(A) PNG the fast path decodes, is damaged, or the two
+        sizes differ; `read_ids_bytes` then decodes each file and names any problem.
+    """
+    gt = _parse_png(memoryview(gt_data).cast("B"), "")
+    pred = _parse_png(memoryview(pred_data).cast("B"), "")
+    if isinstance(gt, str) or isinstance(pred, str) or gt.shape != pred.shape:
+        return None
+    gt_scanlines = _inflate(gt.idat, gt.scanline_bytes, slot=0)
+    if isinstance(gt_scanlines, str) or len(gt_scanlines) != gt.scanline_bytes:
+        return None
+    pred_scanlines = _inflate(pred.idat, pred.scanline_bytes, slot=1)
+    if isinstance(pred_scanlines, str) or len(pred_scanlines) != pred.scanline_bytes:
+        return None
+    capacity = INITIAL_CAPACITY
+    while True:
+        status, *tables = pair_counts_scanlines(gt_scanlines, gt.bytes_per_pixel, pred_scanlines,
+                                                pred.bytes_per_pixel, gt.height, gt.width,
+                                                capacity)
+        if status == 1:
+            return tuple(tables)
+        if status < 0:
+            return None
+        capacity *= 4
+
+
 def read_shape(path):
     """The (height, width) of an image file, from the PNG header alone.
 
@@ -191,6 +237,10 @@ class _FastPng(NamedTuple):
     height: int
     bytes_per_pixel: int
     idat: bytes | memoryview
+
+    @property
+    def shape(self):
+        return self.height, self.width
 
     @property
     def scanline_bytes(self):
@@ -300,8 +350,9 @@ def _inflate_and_unfilter(png, ids):
     return None
 
 
-def _inflate(stream, expected):
-    """Inflate a zlib stream of ``expected`` bytes (checksum verified).
+def _inflate(stream, expected, slot=0):
+    """Inflate a zlib stream of ``expected`` bytes (checksum verified) into this thread's buffer
+    number ``slot``.
 
     Returns a uint8 array (shorter than ``expected`` when the stream ends early), or a string
     describing why inflating failed (including when the stream holds more than ``expected``).
@@ -309,7 +360,7 @@ def _inflate(stream, expected):
     too_long = f"the zlib stream holds more than the {expected} bytes of the image"
     if imagecodecs is not None and imagecodecs.DEFLATE.available:
         try:
-            return imagecodecs.deflate_decode(stream, out=_scanline_buffer(expected))
+            return imagecodecs.deflate_decode(stream, out=_scanline_buffer(expected, slot))
         except imagecodecs.DeflateError as error:
             if "INSUFFICIENT_SPACE" in str(error):
                 return too_long
@@ -348,12 +399,15 @@ class IdBuffer:
 _SCANLINES = threading.local()
 
 
-def _scanline_buffer(size: int) -> np.ndarray:
-    """This thread's inflate output buffer (the scanlines never leave a decode)."""
+def _scanline_buffer(size: int, slot: int) -> np.ndarray:
+    """This thread's inflate output buffer number ``slot`` (0 or 1: two files decoded together);
+    the scanlines never leave a decode."""
     memory = getattr(_SCANLINES, "memory", None)
-    if memory is None or memory.size < size:
-        memory = _SCANLINES.memory = np.empty(size, np.uint8)
-    return memory[:size]
+    if memory is None:
+        memory = _SCANLINES.memory = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
+    if memory[slot].size < size:
+        memory[slot] = np.empty(size, np.uint8)
+    return memory[slot][:size]
 
 
 def _output(out, height, width, name):

@@ -20,6 +20,8 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
+from .pairs import _EMPTY, _finish, _scan_row, marginals
+
 #: PNG filter types (the first byte of every scanline).
 FILTER_NONE, FILTER_SUB, FILTER_UP, FILTER_AVERAGE, FILTER_PAETH = 0, 1, 2, 3, 4
 
@@ -121,10 +123,47 @@ def _sub_row(samples, bytes_per_pixel, row, marks, positions):
 
 
 @njit(nogil=True, cache=True)
-def _up_row(samples, bytes_per_pixel, row, above):
-    _none_row(samples, bytes_per_pixel, row)
-    for x in range(row.shape[0]):
-        row[x] = _add_lanes(np.int64(row[x]), np.int64(above[x]))
+def _up_row(samples, bytes_per_pixel, row, above, positions):
+    for x in range(row.shape[0]):  # not row[:] = above: Numba copies overlapping views twice
+        row[x] = above[x]
+    _patch_up_row(samples, bytes_per_pixel, row, positions)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _patch_up_row(samples, bytes_per_pixel, row, positions):
+    """An Up row reconstructed in place over the row above: a pixel whose filtered samples are
+    all 0 repeats the pixel above, so only the others change."""
+    for i in range(_nonzero_pixels(samples, bytes_per_pixel, positions)):
+        x = positions[i]
+        row[x] = _add_lanes(_sample(samples, bytes_per_pixel, x), np.int64(row[x]))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _nonzero_pixels(samples, bytes_per_pixel, positions):
+    """Write into ``positions`` the pixels with a nonzero filtered sample (alpha included),
+    ascending, reading the samples eight bytes at a time; returns how many."""
+    n = samples.shape[0]
+    whole = n // 8
+    words = samples[: whole * 8].view(np.uint64)
+    count = 0
+    last = -1
+    for k in range(whole):
+        word = words[k]
+        while word != 0:
+            x = (k * 8 + (trailing_zeros(word) >> 3)) // bytes_per_pixel
+            if x != last:
+                positions[count] = x
+                count += 1
+                last = x
+            word &= word - np.uint64(1)
+    for b in range(whole * 8, n):
+        if samples[b] != 0:
+            x = b // bytes_per_pixel
+            if x != last:
+                positions[count] = x
+                count += 1
+                last = x
+    return count
 
 
 @njit(nogil=True, cache=True)
@@ -229,7 +268,7 @@ def _unfilter_rows(scanlines, bytes_per_pixel, ids):
         elif filter_type == FILTER_SUB:
             _sub_row(samples, bytes_per_pixel, row, marks, positions)
         elif filter_type == FILTER_UP:
-            _up_row(samples, bytes_per_pixel, row, above)
+            _up_row(samples, bytes_per_pixel, row, above, positions)
         elif filter_type == FILTER_AVERAGE:
             _average_row(samples, bytes_per_pixel, row, above)
         elif filter_type == FILTER_PAETH:
@@ -237,3 +276,93 @@ def _unfilter_rows(scanlines, bytes_per_pixel, ids):
         else:
             return y
     return -1
+
+
+@njit(nogil=True, cache=True)
+def pair_counts_scanlines(gt_scanlines, gt_bytes_per_pixel, pred_scanlines, pred_bytes_per_pixel,
+                          height, width, capacity):
+    """The (gt id, pred id) pair histogram of two filtered PNG images of one size, reconstructed
+    row by row: no id map is written, each map keeps one or two rows in cache.
+
+    The scanlines are those of `unfilter_ids`; an Up row (most rows of a panoptic PNG) is patched
+    in place over the row above. Each pair of rows goes to the histogram scan of
+    `fastpq.kernels.pairs.pair_counts`, so the table is the same.
+
+    Returns
+    -------
+    status : int
+        1 when done; 0 when more than ``capacity // 2`` pairs appeared (call again with a larger
+        power-of-two ``capacity``); ``-1 - y`` when row ``y`` of the ground truth has a filter
+        type outside 0..4, ``-1 - height - y`` for row ``y`` of the prediction.
+    gt_ids, pred_ids, counts : ndarray of int64
+        The pair table sorted by (gt, pred), as `fastpq.kernels.pairs.pair_counts` returns it.
+    gt_present, gt_area, pred_present, pred_area : ndarray of int64
+        Each map's distinct ids (ascending) and pixel counts (`fastpq.kernels.pairs.marginals`).
+    """
+    if gt_bytes_per_pixel == 3 and pred_bytes_per_pixel == 3:
+        return _pair_counts_rows(gt_scanlines, 3, pred_scanlines, 3, height, width, capacity)
+    return _pair_counts_rows(gt_scanlines, gt_bytes_per_pixel, pred_scanlines,
+                             pred_bytes_per_pixel, height, width, capacity)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _pair_counts_rows(gt_scanlines, gt_bpp, pred_scanlines, pred_bpp, height, width, capacity):
+    if height * width == 0:
+        return 1, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+    table = np.zeros((capacity, 3), np.int64)
+    mask = capacity - 1
+    gt_rows = np.zeros((2, width), np.uint32)  # row y - 1 starts as the specification's zeros
+    pred_rows = np.zeros((2, width), np.uint32)
+    marks = np.zeros((width + 7) // 8 * 8, np.bool_)
+    positions = np.empty(width, np.int32)
+    change = np.zeros((width + 7) // 8 * 8, np.uint8)
+    words = change.view(np.uint64)
+    run_g, run_p, run, n_used = np.uint32(0), np.uint32(0), 0, 0
+    g = 0
+    p = 0
+    for y in range(height):
+        g = _next_row(gt_scanlines, y, gt_bpp, gt_rows, g, marks, positions)
+        if g < 0:
+            return -1 - y, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        p = _next_row(pred_scanlines, y, pred_bpp, pred_rows, p, marks, positions)
+        if p < 0:
+            return -1 - height - y, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        if y == 0:
+            run_g, run_p = gt_rows[g, 0], pred_rows[p, 0]
+        run_g, run_p, run, n_used = _scan_row(gt_rows[g], pred_rows[p], change, words, run_g,
+                                              run_p, run, table, mask, n_used)
+        if n_used > capacity // 2:
+            return 0, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+    ok, gt_ids, pred_ids, counts = _finish(table, run_g, run_p, run, mask, n_used)
+    if not ok:
+        return 0, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+    gt_present, gt_area = marginals(gt_ids, counts)
+    pred_present, pred_area = marginals(pred_ids, counts)
+    return 1, gt_ids, pred_ids, counts, gt_present, gt_area, pred_present, pred_area
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _next_row(scanlines, y, bytes_per_pixel, rows, current, marks, positions):
+    """Reconstruct row ``y`` from ``rows[current]`` (row y - 1). Returns which of the two rows
+    now holds row ``y`` (an Up row is patched in place), or -1 for a bad filter type."""
+    width = rows.shape[1]
+    stride = 1 + width * bytes_per_pixel
+    start = y * stride
+    filter_type = scanlines[start]
+    samples = scanlines[start + 1 : start + stride]
+    above = rows[current]
+    if filter_type == FILTER_UP:
+        _patch_up_row(samples, bytes_per_pixel, above, positions)
+        return current
+    row = rows[1 - current]
+    if filter_type == FILTER_NONE:
+        _none_row(samples, bytes_per_pixel, row)
+    elif filter_type == FILTER_SUB:
+        _sub_row(samples, bytes_per_pixel, row, marks, positions)
+    elif filter_type == FILTER_AVERAGE:
+        _average_row(samples, bytes_per_pixel, row, above)
+    elif filter_type == FILTER_PAETH:
+        _paeth_row(samples, bytes_per_pixel, row, above, marks, positions)
+    else:
+        return -1
+    return 1 - current

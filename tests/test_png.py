@@ -677,3 +677,97 @@ def test_id_buffer_reused_and_grown_across_sizes():
         seen.append(got.base if got.base is not None else got)
     assert seen[0] is seen[1]  # the smaller image reuses the memory of the first
     assert seen[2] is seen[3]  # which grew for the larger one and is reused again
+
+
+# --- two PNGs decoded straight into the pair histogram -------------------------------------------
+
+
+def reference_pair_tables(gt_data, pred_data):
+    """The pair table of the reference's decodes, with each side's marginals."""
+    from fastpq.kernels.pairs import marginals, pair_counts
+
+    g, p, c = pair_counts(reference_ids(gt_data), reference_ids(pred_data))
+    return (g, p, c, *marginals(g, c), *marginals(p, c))
+
+
+def assert_pair_tables(gt_data, pred_data):
+    got = fastpng.pair_counts_bytes(gt_data, pred_data)
+    assert got is not None
+    for got_array, expected in zip(got, reference_pair_tables(gt_data, pred_data), strict=True):
+        assert got_array.dtype == np.int64
+        np.testing.assert_array_equal(got_array, expected)
+
+
+@pytest.mark.parametrize("gt_filter", range(5), ids=["none", "sub", "up", "average", "paeth"])
+@pytest.mark.parametrize("alphas", [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["RGB-RGB", "RGB-RGBA", "RGBA-RGB", "RGBA-RGBA"])
+def test_pair_histogram_each_filter_type(gt_filter, alphas):
+    gt_ids = panoptic_ids(29, 37, seed=gt_filter)
+    pred_ids = panoptic_ids(29, 37, seed=10 + gt_filter)
+    pred_ids[::4] = gt_ids[::4]  # some rows where the prediction agrees
+    gt_pixels = with_alpha(to_rgb(gt_ids), 1) if alphas[0] else to_rgb(gt_ids)
+    pred_pixels = with_alpha(to_rgb(pred_ids), 2) if alphas[1] else to_rgb(pred_ids)
+    pred_filters = np.random.default_rng(gt_filter).integers(0, 5, 29)
+    assert_pair_tables(encode_png(gt_pixels, gt_filter), encode_png(pred_pixels, pred_filters))
+
+
+def test_pair_histogram_of_pillow_written_pngs():
+    gt_ids, pred_ids = panoptic_ids(120, 90, seed=3), panoptic_ids(120, 90, seed=4)
+    assert_pair_tables(pillow_png(to_rgb(gt_ids)), pillow_png(to_rgb(pred_ids)))
+    assert_pair_tables(pillow_png(to_rgb(gt_ids)), pillow_png(to_rgb(gt_ids)))
+
+
+def test_pair_histogram_grows_its_table():
+    # 64 x 64 random pairs: far more than the initial table holds.
+    gt_ids, pred_ids = random_ids(64, 64, seed=5), random_ids(64, 64, seed=6)
+    assert_pair_tables(rgb_png(gt_ids, filters=1), rgb_png(pred_ids, filters=2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 10),
+    width=st.integers(1, 10),
+    alphas=st.tuples(st.booleans(), st.booleans()),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_pair_histogram_random_images_any_filters(height, width, alphas, seed):
+    rng = np.random.default_rng(seed)
+    maps = []
+    for alpha in alphas:
+        ids = rng.integers(0, 4, (height, width), dtype=np.uint32) * 0x10101
+        pixels = with_alpha(to_rgb(ids), seed) if alpha else to_rgb(ids)
+        maps.append(encode_png(pixels, rng.integers(0, 5, height)))
+    assert_pair_tables(*maps)
+
+
+def test_pair_histogram_leaves_other_files_to_the_one_map_decoder():
+    ids = panoptic_ids(12, 14, seed=7)
+    good = rgb_png(ids)
+    rows = to_rgb(ids).reshape(12, 42)
+    scanlines = bytearray(filter_scanlines(rows, 3, [2] * 12))
+    scanlines[5 * (1 + 42)] = 7  # the filter byte of row 5
+    bad_filter = assemble_png(ihdr(14, 12), bytes(scanlines))
+    palette = pillow_png_of(Image.fromarray(to_rgb(ids)).convert("P"))
+    truncated_data = rgb_png(ids)
+    start = truncated_data.index(b"IDAT") + 4
+    truncated_data = (truncated_data[: start - 8] + struct.pack(">I", 10) + b"IDAT"
+                      + truncated_data[start : start + 10] + b"\0\0\0\0" + chunk(b"IEND"))
+    for gt_data, pred_data in [
+        (good, rgb_png(panoptic_ids(12, 15, seed=7))),  # another size
+        (good, bad_filter), (bad_filter, good),
+        (good, palette), (palette, good),
+        (good, truncated_data), (b"not a png", good),
+    ]:
+        assert fastpng.pair_counts_bytes(gt_data, pred_data) is None
+
+
+def test_pair_histogram_kernel_reports_the_bad_row_and_side():
+    from fastpq.kernels.png import pair_counts_scanlines
+
+    good = np.zeros(4 * (1 + 2 * 3), np.uint8)
+    bad = good.copy()
+    bad[2 * 7] = 5  # row 2
+    assert pair_counts_scanlines(bad, 3, good, 3, 4, 2, 16)[0] == -1 - 2
+    assert pair_counts_scanlines(good, 3, bad, 3, 4, 2, 16)[0] == -1 - 4 - 2
+    status, g, p, c, *_ = pair_counts_scanlines(good, 3, good, 3, 4, 2, 16)
+    assert status == 1 and g.tolist() == [0] and p.tolist() == [0] and c.tolist() == [8]
