@@ -94,9 +94,10 @@ def test_evaluate_many_locally_equals_separate_runs_and_decodes_gt_once(tmp_path
     import fastpq.png
 
     reads = []
-    read_ids = fastpq.png.read_ids
-    monkeypatch.setattr(fastpq.png, "read_ids",
-                        lambda path, out=None: reads.append(path) or read_ids(path, out=out))
+    read_ids_bytes = fastpq.png.read_ids_bytes
+    monkeypatch.setattr(fastpq.png, "read_ids_bytes",
+                        lambda data, name="<bytes>", out=None:
+                        reads.append(name) or read_ids_bytes(data, name=name, out=out))
     results = fastpq.evaluate_many(base["gt_json"], {"base": base["pred_json"],
                                                      "worse": worse["pred_json"]}, workers=2)
     assert list(results) == ["base", "worse"]
