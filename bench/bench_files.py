@@ -5,8 +5,8 @@
 Writes a generated COCO-like folder (640x480) and a Cityscapes-like one (1024x2048), then runs
 each tool on the same files in a fresh subprocess, interleaved, ``--repeat`` rounds; prints the
 median wall time of the evaluation call (imports excluded; the import time is its own column),
-images/s, and the peak resident memory of the whole process tree (sampled every 5 ms, children included — panopticapi uses a
-process pool). Every tool's All-PQ is printed so a mismatch shows.
+images/s, and the peak resident memory of the whole process tree (sampled every 5 ms, children
+included — panopticapi uses a process pool). Every tool's All-PQ is printed so a mismatch shows.
 
 * fastpq:      fastpq.pq_compute (threads = cores), the first call in a fresh process: includes
                Numba's start-up (about 0.5 s once per process: its compiler registries, the SciPy
@@ -15,6 +15,8 @@ process pool). Every tool's All-PQ is printed so a mismatch shows.
                its peak memory includes the first call
 * panopticapi: panopticapi.evaluation.pq_compute (the reference; one process per core)
 * hotcoco:     hotcoco.panoptic.pq_compute
+* fastpq-1thread, hotcoco-1thread: one thread each (fastpq warm, workers=1; hotcoco with
+               RAYON_NUM_THREADS=1): the speed per core
 * vernier:     vernier.panoptic, parity_mode="strict"; it takes decoded arrays, so its time
                includes decoding every PNG with its own decoder (vernier.panoptic.decode_label_map_png)
 """
@@ -64,6 +66,15 @@ with contextlib.redirect_stdout(io.StringIO()):
 dt = time.perf_counter() - t
 pq = r["All"]["pq"]
 """,
+    "fastpq-1thread": """
+import fastpq
+imported = time.perf_counter()
+fastpq.pq_compute(GT, PRED, verbose=False, progress=False, workers=1)
+t = time.perf_counter()
+r = fastpq.pq_compute(GT, PRED, verbose=False, progress=False, workers=1)
+dt = time.perf_counter() - t
+pq = r["All"]["pq"]
+""",
     "vernier": """
 import vernier.panoptic as vp
 t = imported = time.perf_counter()
@@ -80,30 +91,24 @@ pq = s.pq
 """,
 }
 
+RUNNERS["hotcoco-1thread"] = RUNNERS["hotcoco"]
+#: Environment of a tool's subprocess, over this process's.
+ENVIRONMENT = {"hotcoco-1thread": {"RAYON_NUM_THREADS": "1"}}  # hotcoco's threads are rayon's
+
 PRELUDE = "import time\nstarted = time.perf_counter()\nimport contextlib, io, json, os\nGT, PRED = {gt!r}, {pred!r}\n"
 EPILOGUE = ("\nprint('RESULT', json.dumps({'seconds': dt, 'pq': float(pq), "
             "'import': imported - started}))\n")
 
 
 def run_one(tool, gt, pred):
-    import psutil
-
     code = PRELUDE.format(gt=gt, pred=pred) + RUNNERS[tool] + EPILOGUE
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    parent = psutil.Process(proc.pid)
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **ENVIRONMENT.get(tool, {})})
+    tree_rss = _proc_tree_rss if os.path.exists(f"/proc/{proc.pid}/task") else _psutil_tree_rss
     peak = 0
     while proc.poll() is None:
-        try:
-            rss = parent.memory_info().rss
-            for child in parent.children(recursive=True):
-                try:
-                    rss += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
+        peak = max(peak, tree_rss(proc.pid))
         time.sleep(0.005)
     out, err = proc.communicate()
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
@@ -114,9 +119,45 @@ def run_one(tool, gt, pred):
     return res
 
 
+def _proc_tree_rss(pid):
+    """Resident bytes of a process and its descendants, from /proc (Linux). A few file reads:
+    psutil's children() scans every process, which every 5 ms took a quarter of a core from the
+    2-core machine the tools run on."""
+    total = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    stack.extend(int(child) for child in f.read().split())
+        except (OSError, ValueError):  # the process or one of its threads has just ended
+            pass
+    return total
+
+
+def _psutil_tree_rss(pid):
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        total = parent.memory_info().rss
+        for child in parent.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        return 0
+    return total
+
+
 def available(tool):
-    module = {"fastpq": "fastpq", "fastpq-warm": "fastpq", "panopticapi": "panopticapi.evaluation",
-              "hotcoco": "hotcoco.panoptic", "vernier": "vernier.panoptic"}[tool]
+    module = {"fastpq": "fastpq", "fastpq-warm": "fastpq", "fastpq-1thread": "fastpq",
+              "panopticapi": "panopticapi.evaluation", "hotcoco": "hotcoco.panoptic",
+              "hotcoco-1thread": "hotcoco.panoptic", "vernier": "vernier.panoptic"}[tool]
     try:
         __import__(module)
         return True
@@ -138,7 +179,7 @@ def bench(label, info, tools, repeat):
         t = statistics.median(r["seconds"] for r in rs)
         peak = max(r["peak_mb"] for r in rs)
         x = f"{t_ref / t:7.1f}" if t_ref else f"{'-':>7s}"
-        imp = "-" if tool == "fastpq-warm" else f"{statistics.median(r['import'] for r in rs):.3f}"
+        imp = "-" if tool in ("fastpq-warm", "fastpq-1thread") else f"{statistics.median(r['import'] for r in rs):.3f}"
         print(f"{tool:12s} {t:9.3f} {n / t:9.0f} {x} {peak:8.0f} {imp:>8s}  {rs[0]['pq']:.15f}")
 
 
@@ -148,7 +189,8 @@ def main(argv=None):
     ap.add_argument("--cityscapes", type=int, default=12)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--root", default=None, help="keep the generated folders here")
-    ap.add_argument("--tools", default="fastpq,fastpq-warm,panopticapi,hotcoco,vernier")
+    ap.add_argument("--tools", default="fastpq,fastpq-warm,panopticapi,hotcoco,vernier,"
+                                       "fastpq-1thread,hotcoco-1thread")
     args = ap.parse_args(argv)
 
     from fastpq import synthetic

@@ -156,7 +156,7 @@ def prepare_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categorie
         tables = (*pairs, *pair_kernels.marginals(pairs[0], pairs[2]),
                   *pair_kernels.marginals(pairs[1], pairs[2]))
     pairs = tables[:3]
-    gt_present, gt_area, pred_present, pred_area = tables[3:]
+    gt_present, gt_area, pred_present = tables[3:6]
     pred_table = coco_table(pred_ann["segments_info"], categories, side="pred",
                             unknown_category="drop", image_index=image_index, image_id=image_id,
                             file=pred_path)
