@@ -276,21 +276,30 @@ def _unfilter_rows(scanlines, bytes_per_pixel, ids):
         start = y * stride
         filter_type = scanlines[start]
         samples = scanlines[start + 1 : start + stride]
-        row = ids[y]
         above = ids[y - 1] if y > 0 else above_first_row
-        if filter_type == FILTER_NONE:
-            _none_row(samples, bytes_per_pixel, row)
-        elif filter_type == FILTER_SUB:
-            _sub_row(samples, bytes_per_pixel, row, marks, positions)
-        elif filter_type == FILTER_UP:
-            _up_row(samples, bytes_per_pixel, row, above, marks, positions)
-        elif filter_type == FILTER_AVERAGE:
-            _average_row(samples, bytes_per_pixel, row, above)
-        elif filter_type == FILTER_PAETH:
-            _paeth_row(samples, bytes_per_pixel, row, above, marks, positions)
-        else:
+        if not _unfilter_row(filter_type, samples, bytes_per_pixel, ids[y], above, marks,
+                             positions):
             return y
     return -1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _unfilter_row(filter_type, samples, bytes_per_pixel, row, above, marks, positions):
+    """Reconstruct one row into ``row`` from the row ``above``; False for a filter type outside
+    0..4 (``row`` then unwritten)."""
+    if filter_type == FILTER_NONE:
+        _none_row(samples, bytes_per_pixel, row)
+    elif filter_type == FILTER_SUB:
+        _sub_row(samples, bytes_per_pixel, row, marks, positions)
+    elif filter_type == FILTER_UP:
+        _up_row(samples, bytes_per_pixel, row, above, marks, positions)
+    elif filter_type == FILTER_AVERAGE:
+        _average_row(samples, bytes_per_pixel, row, above)
+    elif filter_type == FILTER_PAETH:
+        _paeth_row(samples, bytes_per_pixel, row, above, marks, positions)
+    else:
+        return False
+    return True
 
 
 @njit(nogil=True, cache=True)
@@ -321,9 +330,14 @@ def pair_counts_scanlines(gt_scanlines, gt_bytes_per_pixel, pred_scanlines, pred
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _no_table(status):
+    return status, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _pair_counts_rows(gt_scanlines, gt_bpp, pred_scanlines, pred_bpp, height, width, capacity):
     if height * width == 0:
-        return 1, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        return _no_table(1)
     table = np.zeros((capacity, 3), np.int64)
     mask = capacity - 1
     gt_rows = np.zeros((2, width), np.uint32)  # row y - 1 starts as the specification's zeros
@@ -338,19 +352,19 @@ def _pair_counts_rows(gt_scanlines, gt_bpp, pred_scanlines, pred_bpp, height, wi
     for y in range(height):
         g = _next_row(gt_scanlines, y, gt_bpp, gt_rows, g, marks, positions)
         if g < 0:
-            return -1 - y, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+            return _no_table(-1 - y)
         p = _next_row(pred_scanlines, y, pred_bpp, pred_rows, p, marks, positions)
         if p < 0:
-            return -1 - height - y, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+            return _no_table(-1 - height - y)
         if y == 0:
             run_g, run_p = gt_rows[g, 0], pred_rows[p, 0]
         run_g, run_p, run, n_used = _scan_row(gt_rows[g], pred_rows[p], change, words, run_g,
                                               run_p, run, table, mask, n_used)
         if n_used > capacity // 2:
-            return 0, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+            return _no_table(0)
     ok, gt_ids, pred_ids, counts = _finish(table, run_g, run_p, run, mask, n_used)
     if not ok:
-        return 0, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        return _no_table(0)
     gt_present, gt_area = marginals(gt_ids, counts)
     pred_present, pred_area = marginals(pred_ids, counts)
     return 1, gt_ids, pred_ids, counts, gt_present, gt_area, pred_present, pred_area
@@ -369,15 +383,7 @@ def _next_row(scanlines, y, bytes_per_pixel, rows, current, marks, positions):
     if filter_type == FILTER_UP:
         _patch_up_row(samples, bytes_per_pixel, above, marks, positions)
         return current
-    row = rows[1 - current]
-    if filter_type == FILTER_NONE:
-        _none_row(samples, bytes_per_pixel, row)
-    elif filter_type == FILTER_SUB:
-        _sub_row(samples, bytes_per_pixel, row, marks, positions)
-    elif filter_type == FILTER_AVERAGE:
-        _average_row(samples, bytes_per_pixel, row, above)
-    elif filter_type == FILTER_PAETH:
-        _paeth_row(samples, bytes_per_pixel, row, above, marks, positions)
-    else:
+    if not _unfilter_row(filter_type, samples, bytes_per_pixel, rows[1 - current], above, marks,
+                         positions):
         return -1
     return 1 - current
