@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ import fastpq
 from fastpq import synthetic
 from fastpq.categories import Categories
 from fastpq.kernels.pairs import pair_counts
+from fastpq.png import pair_counts_bytes, read_ids_bytes
 
 from bench_evaluate import reference_core
 
@@ -71,3 +74,25 @@ def test_files_reference(benchmark, dataset):
             evaluation.pq_compute(dataset["gt_json"], dataset["pred_json"])
 
     benchmark.pedantic(run, rounds=3, iterations=1)
+
+
+@pytest.fixture(scope="module")
+def png_pairs(dataset):
+    with open(dataset["gt_json"]) as f:
+        names = [a["file_name"] for a in json.load(f)["annotations"][:20]]
+    pairs = []
+    for name in names:
+        with open(os.path.join(dataset["gt_folder"], name), "rb") as gt, \
+                open(os.path.join(dataset["pred_folder"], name), "rb") as pred:
+            pairs.append((gt.read(), pred.read()))
+    return pairs
+
+
+def test_png_pair_straight_to_histogram(benchmark, png_pairs):
+    benchmark.group = "PNG pair to pair histogram (20 COCO-like pairs)"
+    benchmark(lambda: [pair_counts_bytes(g, p) for g, p in png_pairs])
+
+
+def test_png_pair_through_id_maps(benchmark, png_pairs):
+    benchmark.group = "PNG pair to pair histogram (20 COCO-like pairs)"
+    benchmark(lambda: [pair_counts(read_ids_bytes(g), read_ids_bytes(p)) for g, p in png_pairs])
