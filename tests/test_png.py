@@ -771,3 +771,9 @@ def test_pair_histogram_kernel_reports_the_bad_row_and_side():
     assert pair_counts_scanlines(good, 3, bad, 3, 4, 2, 16)[0] == -1 - 4 - 2
     status, g, p, c, *_ = pair_counts_scanlines(good, 3, good, 3, 4, 2, 16)
     assert status == 1 and g.tolist() == [0] and p.tolist() == [0] and c.tolist() == [8]
+
+
+def test_pair_histogram_without_imagecodecs(monkeypatch):
+    monkeypatch.setattr(fastpng, "imagecodecs", None)
+    gt_ids, pred_ids = panoptic_ids(31, 26, seed=11), panoptic_ids(31, 26, seed=12)
+    assert_pair_tables(rgb_png(gt_ids, filters=np.arange(31) % 5), pillow_png(to_rgb(pred_ids)))
