@@ -80,21 +80,12 @@ _BUFFERS = threading.local()
 
 
 def _read_bytes(path, image_id, role):
+    from .png import read_file
+
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return read_file(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"image id {image_id!r}: the {role} PNG {path} does not exist") from None
-    try:  # each system call releases the GIL; open().read() makes about twice as many
-        size = os.fstat(fd).st_size
-        data = os.read(fd, size + 1)
-        if len(data) == size:  # one byte more was asked for: this is the end of the file
-            return data
-        chunks = [data]
-        while chunks[-1]:  # a short read, or the file grew: read up to the end
-            chunks.append(os.read(fd, 1 << 20))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _read(path, image_id, role):
