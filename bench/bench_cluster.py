@@ -3,7 +3,7 @@
     python bench/bench_cluster.py [--images 400] [--height 480] [--width 640] [--repeat 3]
                                   [--out DIR]
 
-On one generated COCO-like dataset (``fastpq.synthetic.write_coco_dataset``, seed 0), in one run:
+On one generated COCO-like dataset (``fastpq.datasets.synthetic.write_coco_dataset``, seed 0), in one run:
 
 * ``pq_compute(..., workers=1)`` and ``pq_compute(..., workers=<cores>)``: local threads;
 * ``pq_compute(..., client=...)`` on a ``LocalCluster`` of 1 and of 2 worker processes with one
@@ -33,9 +33,9 @@ import uuid
 import numpy as np
 
 import fastpq
-from fastpq import synthetic
-from fastpq.cluster import _default_shard_size, _evaluate_shard
-from fastpq.coco import pair_annotations, resolve_inputs
+from fastpq.datasets import synthetic
+from fastpq.scale.cluster import _default_shard_size, _evaluate_shard
+from fastpq.io.coco import pair_annotations, resolve_inputs
 
 from common import median_time
 

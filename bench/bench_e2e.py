@@ -17,12 +17,12 @@ The first repeat evaluates inside the model loop; the others replay the stored o
 metric times are medians over --repeat. Metric time per image counts each path's per-image step
 plus its end step divided by the number of images. Both paths must give the same numbers.
 
-Data: generated COCO panoptic ground truth (``fastpq.synthetic``, 133 categories) and images
+Data: generated COCO panoptic ground truth (``fastpq.datasets.synthetic``, 133 categories) and images
 painted from it (category colours + noise), or with --sample the real photos and ground truth in
 ../shared/data/coco_panoptic_sample. With random weights PQ is ~0 and the model predicts few
 segments, which makes evaluation cheaper than with trained weights; --oracle-noise still runs
 and times the model but evaluates GT-derived predictions damaged by
-``fastpq.synthetic.make_prediction`` (missed, merged, spurious, misclassified segments, jittered
+``fastpq.datasets.synthetic.make_prediction`` (missed, merged, spurious, misclassified segments, jittered
 borders), with realistic segment counts.
 """
 
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 import fastpq
-from fastpq import synthetic
-from fastpq.categories import Categories
-from fastpq.png import read_ids
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
+from fastpq.io.png import read_ids
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_panoptic_sample"
 

@@ -21,8 +21,8 @@ import platform
 import numpy as np
 
 import fastpq
-from fastpq import synthetic
-from fastpq.categories import Categories
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
 from fastpq.kernels.pairs import pair_counts
 
 from common import median_time, torchmetrics_run

@@ -193,7 +193,7 @@ def main(argv=None):
                                        "fastpq-1thread,hotcoco-1thread")
     args = ap.parse_args(argv)
 
-    from fastpq import synthetic
+    from fastpq.datasets import synthetic
 
     tools = [t for t in args.tools.split(",") if available(t)]
     root = args.root or tempfile.mkdtemp(prefix="fastpq-bench-")

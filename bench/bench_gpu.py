@@ -17,9 +17,9 @@ For two batch shapes of int32 panoptic-like label maps (16 x 1024x2048 Cityscape
 
 The methods:
 
-* ``histogram kernel``: the histogram kernel of :func:`fastpq.gpu.pair_histogram_batch` alone,
-* ``histogram``: :func:`fastpq.gpu.pair_histogram_batch` (table init, histogram, compaction),
-* ``histogram+match``: the same plus :func:`fastpq.gpu.match_batch`,
+* ``histogram kernel``: the histogram kernel of :func:`fastpq.gpu.cupy_kernels.pair_histogram_batch` alone,
+* ``histogram``: :func:`fastpq.gpu.cupy_kernels.pair_histogram_batch` (table init, histogram, compaction),
+* ``histogram+match``: the same plus :func:`fastpq.gpu.cupy_kernels.match_batch`,
 * ``torch.unique``: the sort-based baseline on a 64-bit key (image << 48 | gt << 24 | pred), when
   PyTorch with CUDA is installed,
 * ``metric.update``: :meth:`fastpq.PanopticQuality.update` on the CuPy batch with COCO
@@ -204,9 +204,9 @@ def category_instance_maps(cp, torch, maps, tables, category_ids):
 
 
 def histogram_kernel_only(cp, gt, pred):
-    """A function that launches only the histogram kernel of :func:`fastpq.gpu.
+    """A function that launches only the histogram kernel of :func:`fastpq.gpu.cupy_kernels.
     pair_histogram_batch` (no table initialisation, no compaction) on tables it keeps."""
-    from fastpq.gpu import _kernel
+    from fastpq.gpu.cupy_kernels import _kernel
     from fastpq.kernels.pairs_cuda import (BLOCK_THREADS, DEFAULT_CAPACITY, DEFAULT_TILE_PIXELS,
                                            capacity_log2)
 
@@ -226,7 +226,7 @@ def histogram_kernel_only(cp, gt, pred):
 def bench_shape(cp, torch, rng, shape, runs: int, peak, copy_gbs: float, tiles=()) -> None:
     """Print the rows of one batch shape."""
     import fastpq
-    from fastpq.gpu import match_batch, pair_histogram_batch
+    from fastpq.gpu.cupy_kernels import match_batch, pair_histogram_batch
 
     n_images, height, width = shape
     gt, pred, ids = panoptic_like_batch(cp, rng, n_images, height, width)

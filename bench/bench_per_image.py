@@ -2,9 +2,9 @@
 
     python bench/bench_per_image.py [--images 200] [--repeat 7] [--workers 1]
 
-On the same generated COCO-like arrays (fastpq.synthetic, 640x480, seed 1), in one run,
+On the same generated COCO-like arrays (fastpq.datasets.synthetic, 640x480, seed 1), in one run,
 interleaved, medians of --repeat runs: the default path (no records), ``per_image=True``, and
-the breakdowns read from the records (fastpq.breakdown: by size and by error kind).
+the breakdowns read from the records (fastpq.analysis.breakdown: by size and by error kind).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import time
 import numpy as np
 
 import fastpq
-from fastpq import breakdown, synthetic
-from fastpq.categories import Categories
+from fastpq.analysis import breakdown
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""Decode time of COCO panoptic PNGs: the reference's Pillow + rgb2id against fastpq.png.read_ids.
+"""Decode time of COCO panoptic PNGs: the reference's Pillow + rgb2id against fastpq.io.png.read_ids.
 
 The reference decode is ``rgb2id(np.array(Image.open(f), dtype=np.uint32))`` (panopticapi's
 pq_compute, SPEC §2.2). The images are generated panoptic-like maps (a few large stuff regions
@@ -28,7 +28,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from fastpq.png import read_ids
+from fastpq.io.png import read_ids
 
 try:
     from panopticapi.utils import rgb2id

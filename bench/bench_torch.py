@@ -2,7 +2,7 @@
 
     python bench/bench_torch.py [--repeat 7] [--images 8] [--tm-images 2] [--tm-repeat 3]
 
-Generated scenes (``fastpq.synthetic``, COCO categories) at 640x480 and 2048x1024, in one run:
+Generated scenes (``fastpq.datasets.synthetic``, COCO categories) at 640x480 and 2048x1024, in one run:
 
 * fastpq.evaluate (one thread) on the same maps as NumPy arrays and as torch CPU tensors
   (``torch.from_numpy``, same memory), in the three input conventions: COCO int32 id maps +
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 import fastpq
-from fastpq import synthetic
-from fastpq.categories import Categories
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
 
 from common import category_instance, torchmetrics_run
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from fastpq.categories import Categories
+from fastpq.core.categories import Categories
 
 
 def median_time(fn, repeat: int, warmup: bool = True) -> float:

@@ -2,8 +2,8 @@
 
     python bench/render_report.py [--images 60] [--out /tmp/fastpq-report] [--height 2000]
 
-Writes a COCO-format dataset (fastpq.synthetic), runs ``fastpq report`` on it (pq_compute with
-per-image records, then fastpq.report.write_report), and has Chromium load ``index.html`` from
+Writes a COCO-format dataset (fastpq.datasets.synthetic), runs ``fastpq report`` on it (pq_compute with
+per-image records, then fastpq.analysis.report.write_report), and has Chromium load ``index.html`` from
 disk and save ``screenshot.png`` (1280 px wide) in the output folder. The page is
 self-contained, so Chromium runs with networking disabled. Needs matplotlib and
 ``/usr/bin/chromium`` (Debian: ``apt-get install -y chromium``).
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastpq import synthetic
+from fastpq.datasets import synthetic
 from fastpq.cli import main as fastpq_main
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

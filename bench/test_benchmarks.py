@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import fastpq
-from fastpq import synthetic
-from fastpq.categories import Categories
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
 from fastpq.kernels.pairs import pair_counts
-from fastpq.png import pair_counts_bytes, read_ids_bytes
+from fastpq.io.png import pair_counts_bytes, read_ids_bytes
 
 from bench_evaluate import reference_core
 

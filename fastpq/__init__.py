@@ -4,16 +4,16 @@
 torchvision and Dask are imported where they are used.
 """
 
-from .accumulator import PQAccumulator
-from .api import evaluate
-from .categories import Categories
-from .checkpoints import evaluate_many
-from .coco import pq_compute
-from .errors import DecodeError, InputError, SegmentError
-from .evaluator import PanopticEvaluator
-from .metric import PanopticQuality
-from .result import ClassScore, PQResult, SplitScore
-from .shim import install_as_panopticapi
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.api import evaluate
+from fastpq.core.categories import Categories
+from fastpq.io.checkpoints import evaluate_many
+from fastpq.io.coco import pq_compute
+from fastpq.errors import DecodeError, InputError, SegmentError
+from fastpq.streaming.evaluator import PanopticEvaluator
+from fastpq.streaming.metric import PanopticQuality
+from fastpq.core.result import ClassScore, PQResult, SplitScore
+from fastpq.io.shim import install_as_panopticapi
 
 __version__ = "0.1.0"
 

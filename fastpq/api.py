@@ -6,12 +6,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from .accumulator import PQAccumulator
-from .categories import Categories
-from .errors import InputError
-from .inputs import (Convention, PreparedImage, host_maps, pick_convention, prepare_coco,
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.core.categories import Categories
+from fastpq.errors import InputError
+from fastpq.core.inputs import (Convention, PreparedImage, host_maps, pick_convention, prepare_coco,
                      prepare_encoded, split_batch, split_segments)
-from .matching import match_image
+from fastpq.core.matching import match_image
 
 
 def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
@@ -50,11 +50,11 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
     workers : int or None
         Threads over images (None: all cores). The result does not depend on it.
     per_image : bool
-        Also keep one :class:`~fastpq.records.ImageRecord` per image in ``result.per_image``
+        Also keep one :class:`~fastpq.core.records.ImageRecord` per image in ``result.per_image``
         (default metric and convention only).
     metric : {'pq', 'pq_dagger', 'pc'}
         Panoptic Quality; PQ-dagger (stuff scored by IoU without the 0.5 threshold); Parsing
-        Covering (a :class:`~fastpq.variants.CoveringResult`). See :mod:`fastpq.variants`.
+        Covering (a :class:`~fastpq.metrics.variants.CoveringResult`). See :mod:`fastpq.metrics.variants`.
     convention : {'panopticapi', 'torchmetrics'}
         Whose matching rules: the reference's, or torchmetrics' ``PanopticQuality`` (void
         forgiven on both sides, stuff segments merged, no crowd, float32 IoUs).
@@ -62,7 +62,7 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
     Returns
     -------
     PQResult
-        Or :class:`~fastpq.variants.CoveringResult` for ``metric='pc'``.
+        Or :class:`~fastpq.metrics.variants.CoveringResult` for ``metric='pc'``.
 
     Raises
     ------
@@ -75,7 +75,7 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
     """
     categories = Categories.coerce(categories)
     if per_image or metric != "pq" or convention != "panopticapi":
-        from .variants import Scoring
+        from fastpq.metrics.variants import Scoring
 
         scoring = Scoring(categories, metric=metric, convention=convention, per_image=per_image,
                           image_ids=image_ids)
@@ -97,10 +97,10 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
 def iter_matches(gt, pred, *, gt_segments, pred_segments, categories: Categories,
                  label_divisor=None, void_label=0, thing_instance_zero="crowd", image_ids=None,
                  workers=1, score=None):
-    """Yield each image's :class:`~fastpq.matching.ImageMatch`, in input order.
+    """Yield each image's :class:`~fastpq.core.matching.ImageMatch`, in input order.
 
     ``score(index, prepared)``, when given, replaces the matcher (metric variants, per-image
-    records): what it returns for each :class:`~fastpq.inputs.PreparedImage` is yielded instead.
+    records): what it returns for each :class:`~fastpq.core.inputs.PreparedImage` is yielded instead.
     It runs in the worker threads.
     """
     gt, pred = host_maps(gt, "ground-truth"), host_maps(pred, "predicted")

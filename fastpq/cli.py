@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from .errors import InputError
+from fastpq.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             return _eval(args)
         if args.command == "report":
             return _report(args)
-        from .demo import run_demo
+        from fastpq.datasets.demo import run_demo
 
         return run_demo(n_images=args.images, height=args.height, width=args.width,
                         out=args.out, seed=args.seed)
@@ -82,13 +82,13 @@ def _one_line(e: BaseException) -> str:
 
 
 def _eval(args) -> int:
-    from .coco import pq_compute
+    from fastpq.io.coco import pq_compute
 
     if args.scheduler is None:
         result = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
                             workers=args.workers, return_result=True)
     else:
-        from .cluster import connect
+        from fastpq.scale.cluster import connect
 
         with connect(args.scheduler) as client:
             result = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
@@ -103,8 +103,8 @@ def _eval(args) -> int:
 
 
 def _report(args) -> int:
-    from .coco import pq_compute
-    from .report import write_report
+    from fastpq.io.coco import pq_compute
+    from fastpq.analysis.report import write_report
 
     result = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
                         workers=args.workers, return_result=True, per_image=True)

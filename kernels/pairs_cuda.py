@@ -72,7 +72,7 @@ class PairTables(NamedTuple):
 
     Row ``b`` holds image ``b``'s ``n_pairs[b]`` distinct ``(gt_id, pred_id)`` pairs in ascending
     ``(gt_id, pred_id)`` order in its first ``n_pairs[b]`` entries; the rest is unspecified.
-    NumPy arrays from the emulation and the twin, CuPy arrays from ``fastpq.gpu``.
+    NumPy arrays from the emulation and the twin, CuPy arrays from ``fastpq.gpu.cupy_kernels``.
     """
 
     gt: object  # (B, cap) int32
@@ -461,7 +461,7 @@ def pair_histogram_emulated(
 ) -> PairTables:
     """What ``pair_histogram_*`` + ``compact_pair_tables`` compute, replayed on the CPU.
 
-    Parameters are those of ``fastpq.gpu.pair_histogram_batch`` plus the compile-time sizes of
+    Parameters are those of ``fastpq.gpu.cupy_kernels.pair_histogram_batch`` plus the compile-time sizes of
     ``pairs.cu`` (small ``shared_log2``/``capacity`` force the overflow paths).
     ``warp_aggregation=False`` replays the pre-sm_80 build (one insert per lane item).
     ``vec4=None`` decides as the GPU wrapper does for aligned maps.

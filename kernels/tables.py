@@ -1,7 +1,7 @@
 """Segment tables of maps whose ids encode (category, instance), from their pair table.
 
 For the pairs and divisor conventions the segments are the distinct ids of each side. This does,
-in one compiled pass over the (few hundred) pairs, what ``fastpq.inputs.prepare_encoded`` would
+in one compiled pass over the (few hundred) pairs, what ``fastpq.core.inputs.prepare_encoded`` would
 otherwise do in a dozen NumPy calls: map void ids to 0 and the others to ``id + 1`` (void ids then
 merge), re-sort the pairs, and look up each segment's dense category. Pure: arrays in, arrays out;
 problems come back as a status code for the caller to turn into its error message.

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import fastpq
-from fastpq import synthetic
+from fastpq.datasets import synthetic
 
 TOL = 1e-12
 SPLITS = ("All", "Things", "Stuff")

@@ -1,4 +1,4 @@
-"""Evaluation on a Dask cluster and several checkpoints at once (fastpq.cluster, evaluate_many).
+"""Evaluation on a Dask cluster and several checkpoints at once (fastpq.scale.cluster, evaluate_many).
 
 The cluster is a ``LocalCluster`` of two worker processes with one thread each; its tests skip
 cleanly without dask.distributed. Every cluster result is compared with the single-process
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import fastpq
-from fastpq.coco import evaluate_files, pair_annotations, resolve_inputs
+from fastpq.io.coco import evaluate_files, pair_annotations, resolve_inputs
 from fastpq.errors import InputError, SegmentError, SuspectDataWarning
-from fastpq.synthetic import write_coco_dataset
+from fastpq.datasets.synthetic import write_coco_dataset
 
 N_IMAGES = 24
 
@@ -67,7 +67,7 @@ def _assert_same(result, expected):
 # -- without a cluster -------------------------------------------------------------------------
 
 def test_import_fastpq_imports_no_dask():
-    code = ("import sys, fastpq, fastpq.cluster; "
+    code = ("import sys, fastpq, fastpq.scale.cluster; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -91,11 +91,11 @@ def test_evaluate_many_locally_equals_separate_runs_and_decodes_gt_once(tmp_path
     assert Path(base["gt_json"]).read_bytes() == Path(worse["gt_json"]).read_bytes()
     expected = {"base": _local(base), "worse": _local(worse)}
 
-    import fastpq.png
+    import fastpq.io.png
 
     reads = []
-    read_ids_bytes = fastpq.png.read_ids_bytes
-    monkeypatch.setattr(fastpq.png, "read_ids_bytes",
+    read_ids_bytes = fastpq.io.png.read_ids_bytes
+    monkeypatch.setattr(fastpq.io.png, "read_ids_bytes",
                         lambda data, name="<bytes>", out=None:
                         reads.append(name) or read_ids_bytes(data, name=name, out=out))
     results = fastpq.evaluate_many(base["gt_json"], {"base": base["pred_json"],
@@ -117,7 +117,7 @@ def test_cluster_result_equals_single_process(client, dataset):
 
 
 def test_shard_size_does_not_change_the_result(client, dataset):
-    from fastpq.cluster import evaluate_on_cluster
+    from fastpq.scale.cluster import evaluate_on_cluster
 
     gt_json, pred_json, gt_folder, pred_folder, categories = resolve_inputs(
         dataset["gt_json"], dataset["pred_json"])

@@ -267,16 +267,16 @@ def test_derive_cu_on_cpu_threads_equals_its_emulation(encode_shim):
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_encode_cu_compiles_without_warnings_or_spills(tmp_path, arch):
-    from fastpq.gpu import encoded_module_source
+    from fastpq.gpu.cupy_kernels import encoded_module_source
 
-    module = tmp_path / "pairs_and_encode.cu"  # the module fastpq.gpu builds
+    module = tmp_path / "pairs_and_encode.cu"  # the module fastpq.gpu.cupy_kernels builds
     module.write_text(encoded_module_source())
     spills = nvcc_spills(str(module), arch, tmp_path)
     assert spills == [("0", "0")] * 8, spills
 
 
 def test_encode_cu_compiles_with_nvrtc():
-    from fastpq.gpu import encoded_module_source
+    from fastpq.gpu.cupy_kernels import encoded_module_source
 
     options = ["-arch=compute_80", *pairs_cuda.nvrtc_options()]
     assert nvrtc_log(encoded_module_source(), "pairs_and_encode.cu", options) == ""

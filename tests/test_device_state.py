@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import fastpq
-from fastpq import device_state, synthetic
-from fastpq.accumulator import PQAccumulator
-from fastpq.device_state import EmulatedBackend, RefusedUpdates, accumulate_partials_host
+from fastpq.gpu import device_state
+from fastpq.datasets import synthetic
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.gpu.device_state import EmulatedBackend, RefusedUpdates, accumulate_partials_host
 from fastpq.errors import InputError, SegmentError
 from fastpq.kernels import pairs_cuda
 from fastpq.kernels.pairs_cuda import (
@@ -308,7 +309,7 @@ class FakeDeviceArray:
 
 
 class FakeCupy:
-    """The two CuPy calls of fastpq.inputs.to_host, counting host copies."""
+    """The two CuPy calls of fastpq.core.inputs.to_host, counting host copies."""
 
     ndarray = FakeDeviceArray
 
@@ -452,7 +453,7 @@ def test_accumulate_cu_compiles_without_warnings_or_spills(tmp_path, arch):
 
 
 def test_accumulate_cu_compiles_with_nvrtc():
-    from fastpq.gpu import accumulate_source
+    from fastpq.gpu.cupy_kernels import accumulate_source
 
     options = ["-arch=compute_80", *pairs_cuda.nvrtc_options()]
     assert nvrtc_log(accumulate_source(), "accumulate.cu", options) == ""

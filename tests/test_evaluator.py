@@ -10,7 +10,7 @@ from gloo import run_ranks
 from reference import assert_parity, reference_stat
 
 import fastpq
-from fastpq import synthetic
+from fastpq.datasets import synthetic
 from fastpq.errors import InputError, SegmentError
 
 COCO = fastpq.Categories.coco_panoptic()

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import fastpq
-from fastpq import synthetic
+from fastpq.datasets import synthetic
 from fastpq.cli import main as cli_main
 from fastpq.errors import DecodeError, InputError, SuspectDataWarning
 

@@ -270,13 +270,13 @@ def test_nvcc_compiles_without_warnings_or_spills(tmp_path, arch, defines):
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_nvrtc_compiles_without_messages(arch):
-    from fastpq.gpu import cuda_source
+    from fastpq.gpu.cupy_kernels import cuda_source
 
     assert nvrtc_log(cuda_source(), "pairs.cu", [f"-arch={arch}", *pairs_cuda.nvrtc_options()]) == ""
 
 
 def test_source_defaults_match_the_emulation():
-    """The emulation's constants are the .cu defaults (fastpq.gpu also passes them as -D)."""
+    """The emulation's constants are the .cu defaults (fastpq.gpu.cupy_kernels also passes them as -D)."""
     source = open(SOURCE, encoding="utf-8").read()
 
     def define(name):
@@ -295,17 +295,17 @@ def test_source_defaults_match_the_emulation():
 
 
 def test_cuda_source_is_package_data():
-    from fastpq.gpu import cuda_source
+    from fastpq.gpu.cupy_kernels import cuda_source
 
     assert 'extern "C" __global__' in cuda_source()
 
 
 def test_missing_cupy_names_the_extra(monkeypatch):
-    import fastpq.gpu
+    import fastpq.gpu.cupy_kernels
 
     monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
     with pytest.raises(ImportError, match=r"pip install fastpq\[gpu\]"):
-        fastpq.gpu.pair_histogram_batch(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32))
+        fastpq.gpu.cupy_kernels.pair_histogram_batch(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,8 +455,8 @@ def test_match_emulation_equals_reference(json_areas):
 
 
 def test_match_emulation_on_synthetic_dataset():
-    synthetic = pytest.importorskip("fastpq.synthetic")
-    from fastpq.categories import Categories  # noqa: F401  (the dataset's category table)
+    synthetic = pytest.importorskip("fastpq.datasets.synthetic")
+    from fastpq.core.categories import Categories  # noqa: F401  (the dataset's category table)
 
     images = synthetic.make_dataset(4, height=60, width=80, seed=5)
     categories = {}
@@ -829,7 +829,7 @@ SHIM_BUILDS = {
 
 
 class ShimKernels:
-    """ctypes front of the shim build: the three kernels with fastpq.gpu's argument handling."""
+    """ctypes front of the shim build: the three kernels with fastpq.gpu.cupy_kernels's argument handling."""
 
     def __init__(self, library):
         self.lib = library
@@ -979,7 +979,7 @@ def _get(tables):
 def test_gpu_histogram_equals_unique(shape):
     import cupy as cp
 
-    from fastpq.gpu import pair_histogram_batch
+    from fastpq.gpu.cupy_kernels import pair_histogram_batch
 
     rng = np.random.default_rng(sum(shape))
     gt, pred = large_voronoi_maps(rng, shape)
@@ -995,7 +995,7 @@ def test_gpu_histogram_equals_unique(shape):
 def test_gpu_histogram_random_maps_and_overflow():
     import cupy as cp
 
-    from fastpq.gpu import pair_histogram_batch, pair_histogram_retrying
+    from fastpq.gpu.cupy_kernels import pair_histogram_batch, pair_histogram_retrying
 
     rng = np.random.default_rng(1)
     gt, pred = random_maps(rng, (3, 200, 300), 100, 100)  # ~10,000 pairs per image
@@ -1020,7 +1020,7 @@ def test_gpu_histogram_from_torch_on_its_stream():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
-    from fastpq.gpu import pair_histogram_batch
+    from fastpq.gpu.cupy_kernels import pair_histogram_batch
 
     rng = np.random.default_rng(2)
     gt, pred = voronoi_maps(rng, (3, 64, 80))
@@ -1037,7 +1037,7 @@ def test_gpu_histogram_from_torch_on_its_stream():
 def test_gpu_matcher_equals_reference_and_emulation(json_areas):
     import cupy as cp
 
-    from fastpq.gpu import match_batch, pair_histogram_batch
+    from fastpq.gpu.cupy_kernels import match_batch, pair_histogram_batch
 
     rng = np.random.default_rng(21 + json_areas)
     gt, pred = voronoi_maps(rng, (8, 96, 128), n_segments=20)
@@ -1060,7 +1060,7 @@ def test_gpu_matcher_equals_reference_and_emulation(json_areas):
 def test_gpu_matcher_hand_cases(name, case, expected):
     import cupy as cp
 
-    from fastpq.gpu import match_batch, pair_histogram_batch
+    from fastpq.gpu.cupy_kernels import match_batch, pair_histogram_batch
 
     gt, pred, gt_segments, pred_segments, n_categories = case
     partials = _get(match_batch(pair_histogram_batch(cp.asarray(gt), cp.asarray(pred)),
@@ -1076,7 +1076,7 @@ def test_gpu_calls_never_synchronise():
     an int() of a device value, a blocking copy) would abort the stream capture."""
     import cupy as cp
 
-    from fastpq.gpu import match_batch, pair_histogram_batch
+    from fastpq.gpu.cupy_kernels import match_batch, pair_histogram_batch
 
     rng = np.random.default_rng(31)
     gt, pred = voronoi_maps(rng, (4, 48, 64))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastpq
-from fastpq import synthetic
+from fastpq.datasets import synthetic
 from fastpq.errors import InputError
 from conventions import divisor_map, pairs_map
 from gloo import run_ranks
@@ -150,7 +150,7 @@ def test_works_without_torch():
         sys.modules["torch"] = None  # import torch -> ImportError
         import numpy as np
         import fastpq
-        from fastpq.distributed import reduce_accumulator
+        from fastpq.streaming.distributed import reduce_accumulator
         metric = fastpq.PanopticQuality({"things": [1], "stuff": [2]})
         gt = np.array([[1, 1, 2, 2]])
         metric.update(gt, gt, gt_segments=[{"id": 1, "category_id": 1, "iscrowd": 0},

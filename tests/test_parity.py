@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import fastpq
-from fastpq import synthetic
-from fastpq.categories import Categories
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
 from reference import assert_parity, reference_stat
 
 COCO = Categories.coco_panoptic()

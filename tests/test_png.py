@@ -1,4 +1,4 @@
-"""fastpq.png against the reference decode, ``rgb2id(np.array(Image.open(f), dtype=np.uint32))``.
+"""fastpq.io.png against the reference decode, ``rgb2id(np.array(Image.open(f), dtype=np.uint32))``.
 
 Every image is compared with the reference run on the same bytes in the same test. Pillow does not
 let a caller choose PNG filters, so a small encoder here writes PNGs with each filter type (and
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from fastpq.errors import DecodeError
 from fastpq.kernels.png import unfilter_ids
-from fastpq import png as fastpng
-from fastpq.png import read_ids, read_ids_bytes, read_shape
+from fastpq.io import png as fastpng
+from fastpq.io.png import read_ids, read_ids_bytes, read_shape
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -1,4 +1,4 @@
-"""Per-image records (fastpq.records), the breakdowns built on them (fastpq.breakdown) and the
+"""Per-image records (fastpq.core.records), the breakdowns built on them (fastpq.analysis.breakdown) and the
 per-class exports (PQResult.to_csv / to_pandas)."""
 
 import csv
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 import fastpq
-from fastpq import breakdown, synthetic
-from fastpq.categories import Categories
-from fastpq.matching import match_image
-from fastpq.records import ImageRecord, MatchedPair, UnmatchedSegment, image_record
-from fastpq.segments import SegmentTable
+from fastpq.analysis import breakdown
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
+from fastpq.core.matching import match_image
+from fastpq.core.records import ImageRecord, MatchedPair, UnmatchedSegment, image_record
+from fastpq.core.segments import SegmentTable
 
 COCO = Categories.coco_panoptic()
 TINY = Categories([1, 2, 3], [True, True, False], ["a", "b", "c"], ["animal", "animal", "ground"])

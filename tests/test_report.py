@@ -1,4 +1,4 @@
-"""The HTML report (fastpq.report) and ``fastpq report``: tables and embedded plots are in the
+"""The HTML report (fastpq.analysis.report) and ``fastpq report``: tables and embedded plots are in the
 page, and it references nothing outside itself. (bench/render_report.py renders it in Chromium.)"""
 
 import base64
@@ -8,7 +8,7 @@ import re
 import pytest
 
 import fastpq
-from fastpq import synthetic
+from fastpq.datasets import synthetic
 from fastpq.cli import main
 
 pytest.importorskip("matplotlib")
@@ -55,7 +55,7 @@ def test_report_command_writes_a_self_contained_page(dataset, tmp_path, capsys):
 def test_report_without_records(tmp_path):
     g, gs, p, ps = synthetic.make_dataset(1, height=60, width=80, seed=1)[0]
     result = fastpq.evaluate(g, p, gt_segments=gs, pred_segments=ps, categories="coco")
-    from fastpq.report import write_report
+    from fastpq.analysis.report import write_report
 
     page = write_report(result, tmp_path, title="A <title>").read_text(encoding="utf-8")
     assert "<h1>A &lt;title&gt;</h1>" in page

@@ -26,8 +26,9 @@ import pytest
 from PIL import Image
 
 import fastpq
-from fastpq import shim, synthetic
-from fastpq.categories import Categories
+from fastpq.io import shim
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
 
 TOL = 1e-12
 DATASET = dict(height=(90, 150), width=(120, 200), categories="coco", seed=23)
@@ -430,8 +431,8 @@ from panopticapi import evaluation, utils
 from panopticapi.evaluation import (OFFSET, VOID, PQStatCat, PQStat, pq_compute_single_core,
                                     pq_compute_multi_core, pq_compute)
 from panopticapi.utils import rgb2id, id2rgb, IdGenerator, save_json, get_traceback
-assert panopticapi is package and evaluation.pq_compute is fastpq.shim.pq_compute
-assert (OFFSET, VOID) == (256 ** 3, 0) and utils.IdGenerator is fastpq.shim.IdGenerator
+assert panopticapi is package and evaluation.pq_compute is fastpq.io.shim.pq_compute
+assert (OFFSET, VOID) == (256 ** 3, 0) and utils.IdGenerator is fastpq.io.shim.IdGenerator
 try:
     import panopticapi.combine_semantic_and_instance_predictions
 except ModuleNotFoundError:

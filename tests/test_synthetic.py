@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from fastpq.categories import Categories
+from fastpq.core.categories import Categories
 from fastpq.errors import InputError
-from fastpq.synthetic import (id2rgb, make_dataset, make_prediction, make_scene, rgb2id,
+from fastpq.datasets.synthetic import (id2rgb, make_dataset, make_prediction, make_scene, rgb2id,
                               write_coco_dataset)
 
 NO_ERRORS = dict(missed=0.0, merged=0.0, spurious=0.0, misclassified=0.0, boundary_noise=0,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import fastpq
-from fastpq import synthetic
+from fastpq.datasets import synthetic
 from fastpq.errors import InputError
-from fastpq.inputs import as_array
+from fastpq.core.inputs import as_array
 from conventions import divisor_map, pairs_map
 
 torch = pytest.importorskip("torch")

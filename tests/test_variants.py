@@ -1,4 +1,4 @@
-"""Metric variants (fastpq.variants) against their peers.
+"""Metric variants (fastpq.metrics.variants) against their peers.
 
 * ``convention='torchmetrics'``: torchmetrics' ``PanopticQuality`` on the same
   [category, instance] tensors, every per-class count and score;
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import fastpq
-from fastpq import synthetic
-from fastpq.categories import Categories
-from fastpq.inputs import PreparedImage
-from fastpq.segments import SegmentTable
-from fastpq.variants import torchmetrics_image
+from fastpq.datasets import synthetic
+from fastpq.core.categories import Categories
+from fastpq.core.inputs import PreparedImage
+from fastpq.core.segments import SegmentTable
+from fastpq.metrics.variants import torchmetrics_image
 
 COCO = Categories.coco_panoptic()
 THINGS = [c for c, t in zip(COCO.ids, COCO.isthing) if t]

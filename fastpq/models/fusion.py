@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import InputError
+from fastpq.errors import InputError
 
 
 def panoptic_fusion(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from ..errors import InputError
+from fastpq.errors import InputError
 from .fusion import panoptic_fusion
 
 # torchvision's FPN keys of P2..P5 and their strides; 'pool' (P6) feeds only the RPN.

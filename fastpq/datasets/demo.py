@@ -9,8 +9,8 @@ import shutil
 import tempfile
 import time
 
-from . import synthetic
-from .coco import pq_compute
+from fastpq.datasets import synthetic
+from fastpq.io.coco import pq_compute
 
 
 def run_demo(n_images: int = 200, height: int = 480, width: int = 640, out=None, seed: int = 0) -> int:

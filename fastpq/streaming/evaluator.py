@@ -20,11 +20,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .accumulator import PQAccumulator
-from .errors import DecodeError, InputError, SegmentError, where
-from .inputs import as_array, is_torch_tensor, on_device
-from .metric import PanopticQuality
-from .result import PQResult
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.errors import DecodeError, InputError, SegmentError, where
+from fastpq.core.inputs import as_array, is_torch_tensor, on_device
+from fastpq.streaming.metric import PanopticQuality
+from fastpq.core.result import PQResult
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class PanopticEvaluator:
         dict
             ``{'panoptic_seg': {'PQ', 'SQ', 'RQ', 'PQ_th', 'SQ_th', 'RQ_th', 'PQ_st', 'SQ_st',
             'RQ_st'}}``, each ``100 *`` the reference's fraction. The full
-            :class:`~fastpq.result.PQResult` is kept in :attr:`result`.
+            :class:`~fastpq.core.result.PQResult` is kept in :attr:`result`.
 
         Notes
         -----
@@ -204,7 +204,7 @@ class PanopticEvaluator:
         self.process(targets, outputs)
 
     def compute(self) -> PQResult:
-        """The :class:`~fastpq.result.PQResult` of every processed image (kept in :attr:`result`).
+        """The :class:`~fastpq.core.result.PQResult` of every processed image (kept in :attr:`result`).
 
         A collective call under ``torch.distributed`` unless ``distributed=False``.
         """
@@ -306,7 +306,7 @@ def _on_host(x):
 
 
 def _read_ground_truth(path, loc: str) -> np.ndarray:
-    from .png import read_ids
+    from fastpq.io.png import read_ids
 
     try:
         return read_ids(path)

@@ -14,14 +14,14 @@
 Frameworks that import panopticapi lazily (detectron2's ``COCOPanopticEvaluator``, DETR's
 ``PanopticEvaluator``) or build on its ``PQStat`` (mmdetection's ``CocoPanopticMetric``) then run
 on fastpq's engine, with the reference's numbers. Install it before anything imports the real
-package; the ``pq_compute*`` functions all end in :func:`fastpq.coco.evaluate_files`.
+package; the ``pq_compute*`` functions all end in :func:`fastpq.io.coco.evaluate_files`.
 
 Where the shim differs from the reference, on purpose:
 
 * a split with no category present gives pq = sq = rq = 0.0 and n = 0 in ``pq_average`` and
   ``pq_compute`` (the reference raises ``ZeroDivisionError``; SPEC "fastpq's decisions" §4);
 * errors carry the file path, and fastpq refuses what the reference scores wrongly (duplicate
-  segment ids, GT/prediction size mismatch, grayscale PNGs; see :mod:`fastpq.coco`);
+  segment ids, GT/prediction size mismatch, grayscale PNGs; see :mod:`fastpq.io.coco`);
 * ``pq_compute_single_core`` and ``pq_compute_multi_core`` use threads and print nothing (the
   reference prints per-core progress); ``pq_compute`` prints the reference's header and table;
 * ``PQStat.pq_per_cat`` holds the categories of the table passed in (the reference also keeps
@@ -30,7 +30,7 @@ Where the shim differs from the reference, on purpose:
 * the ``area`` written into each predicted segment (the reference mutates the caller's dicts,
   and so does the shim) is a Python int, not ``np.int64``.
 
-Pickles of ``PQStat`` made by the shim name ``fastpq.shim``, so they load wherever fastpq is
+Pickles of ``PQStat`` made by the shim name ``fastpq.io.shim``, so they load wherever fastpq is
 installed; pickles made by the real panopticapi load into the shim's classes while it is
 installed.
 """
@@ -47,10 +47,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from .categories import Categories
-from .coco import evaluate_files
-from .coco import pq_compute as _coco_pq_compute
-from .result import PQResult
+from fastpq.core.categories import Categories
+from fastpq.io.coco import evaluate_files
+from fastpq.io.coco import pq_compute as _coco_pq_compute
+from fastpq.core.result import PQResult
 
 __all__ = ["install_as_panopticapi", "uninstall_panopticapi_shim", "OFFSET", "VOID", "PQStatCat",
            "PQStat", "pq_compute_single_core", "pq_compute_multi_core", "pq_compute", "rgb2id",
@@ -257,7 +257,7 @@ class PQStat:
 
 
 def _category_table(categories) -> Categories:
-    """The reference's ``{id: category dict}`` as a :class:`~fastpq.categories.Categories`."""
+    """The reference's ``{id: category dict}`` as a :class:`~fastpq.core.categories.Categories`."""
     return Categories.from_coco([dict(info, id=cid) for cid, info in categories.items()])
 
 
@@ -326,7 +326,7 @@ def pq_compute_multi_core(matched_annotations_list, gt_folder, pred_folder, cate
 
 
 def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None):
-    """The reference's ``pq_compute``: :func:`fastpq.coco.pq_compute` with its defaults.
+    """The reference's ``pq_compute``: :func:`fastpq.io.coco.pq_compute` with its defaults.
 
     Prints the reference's header and table on ``sys.stdout`` and returns its dict (per-class
     rows also carry ``tp``, ``fp``, ``fn`` and ``iou``).
@@ -397,12 +397,12 @@ def install_as_panopticapi(force: bool = False) -> types.ModuleType:
     for name, module in existing.items():
         _shadowed.setdefault(name, module)
         del sys.modules[name]
-    package = _module("panopticapi", (), "panopticapi, backed by fastpq (fastpq.shim).",
+    package = _module("panopticapi", (), "panopticapi, backed by fastpq (fastpq.io.shim).",
                       package=True)
     package.evaluation = _module("panopticapi.evaluation", _EVALUATION_NAMES,
-                                 "panopticapi.evaluation, backed by fastpq (fastpq.shim).")
+                                 "panopticapi.evaluation, backed by fastpq (fastpq.io.shim).")
     package.utils = _module("panopticapi.utils", _UTILS_NAMES,
-                            "panopticapi.utils, backed by fastpq (fastpq.shim).")
+                            "panopticapi.utils, backed by fastpq (fastpq.io.shim).")
     sys.modules.update({"panopticapi": package, "panopticapi.evaluation": package.evaluation,
                         "panopticapi.utils": package.utils})
     return package

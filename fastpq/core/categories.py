@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from fastpq.errors import InputError
 
 
 # Cityscapes panoptic evaluation classes (cityscapesScripts helpers/labels.py: label ids with

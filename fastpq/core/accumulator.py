@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .categories import Categories
+from fastpq.core.categories import Categories
 
 
 def _two_sum(a, b):
@@ -97,8 +97,8 @@ class PQAccumulator:
         return self.iou + self.iou_err
 
     def result(self):
-        """The :class:`~fastpq.result.PQResult` of what was accumulated."""
-        from .result import PQResult
+        """The :class:`~fastpq.core.result.PQResult` of what was accumulated."""
+        from fastpq.core.result import PQResult
 
         return PQResult(self.categories, self.tp.copy(), self.fp.copy(), self.fn.copy(),
                         self.iou_sum(), n_images=self.n_images)

@@ -20,13 +20,13 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
 
-from .accumulator import PQAccumulator
-from .categories import Categories
-from .errors import DecodeError, InputError, SuspectDataWarning
-from .inputs import PreparedImage
-from .kernels import pairs as pair_kernels
-from .matching import ImageMatch, match_image
-from .segments import coco_table
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.core.categories import Categories
+from fastpq.errors import DecodeError, InputError, SuspectDataWarning
+from fastpq.core.inputs import PreparedImage
+from fastpq.kernels import pairs as pair_kernels
+from fastpq.core.matching import ImageMatch, match_image
+from fastpq.core.segments import coco_table
 
 
 def load_json(path, role: str) -> dict:
@@ -80,7 +80,7 @@ _BUFFERS = threading.local()
 
 
 def _read_bytes(path, image_id, role):
-    from .png import read_file
+    from fastpq.io.png import read_file
 
     try:
         return read_file(path)
@@ -96,7 +96,7 @@ def _read(path, image_id, role):
 def _decode(data, path, image_id, role):
     """The ids of one PNG, in this thread's reused buffer for ``role`` (valid until the thread
     decodes the next image of that role)."""
-    from .png import IdBuffer, read_ids_bytes
+    from fastpq.io.png import IdBuffer, read_ids_bytes
 
     buffers = getattr(_BUFFERS, "by_role", None)
     if buffers is None:
@@ -127,7 +127,7 @@ def prepare_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categorie
     Returns the pair table and segment tables (GT areas from the JSON) and the warnings about
     suspect ground truth.
     """
-    from .png import pair_counts_bytes
+    from fastpq.io.png import pair_counts_bytes
 
     image_id = gt_ann["image_id"]
     gt_path = os.path.join(gt_folder, gt_ann["file_name"])
@@ -229,7 +229,7 @@ def evaluate_files(matched: Sequence[tuple], gt_folder, pred_folder, categories:
 
 def score_files(matched: Sequence[tuple], gt_folder, pred_folder, scoring, *,
                 workers: int | None = None, progress: bool | None = None):
-    """:func:`evaluate_files` with a :class:`fastpq.variants.Scoring` in place of the reference's
+    """:func:`evaluate_files` with a :class:`fastpq.metrics.variants.Scoring` in place of the reference's
     matcher and accumulator (metric variants, per-image records).
 
     Each image is read and checked as the reference does; ``scoring.score`` runs in the threads
@@ -332,9 +332,9 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *
     verbose : bool
         Print the reference's header and table on ``sys.stdout``.
     return_result : bool
-        Return the :class:`~fastpq.result.PQResult` instead of the reference's dict.
+        Return the :class:`~fastpq.core.result.PQResult` instead of the reference's dict.
     client : distributed.Client, optional
-        Score the images on this Dask cluster instead (:mod:`fastpq.cluster`); its workers read
+        Score the images on this Dask cluster instead (:mod:`fastpq.scale.cluster`); its workers read
         the PNGs at the same paths, and ``workers`` is ignored. The numbers are the same.
     per_image, metric, convention
         As in :func:`fastpq.evaluate` (``metric`` and ``convention`` not with ``client``). Under
@@ -359,7 +359,7 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *
         raise Exception("Folder {} with predicted segmentations doesn't exist".format(pred_folder))
     matched = pair_annotations(gt_json, pred_json, gt_json_file, pred_json_file)
     if client is not None:
-        from .cluster import evaluate_on_cluster
+        from fastpq.scale.cluster import evaluate_on_cluster
 
         if metric != "pq" or convention != "panopticapi":
             raise InputError("metric and convention are not available with a Dask client; "
@@ -367,7 +367,7 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *
         result = evaluate_on_cluster(client, matched, gt_folder, pred_folder, categories,
                                      progress=progress, per_image=per_image)
     elif per_image or metric != "pq" or convention != "panopticapi":
-        from .variants import Scoring
+        from fastpq.metrics.variants import Scoring
 
         scoring = Scoring(categories, metric=metric, convention=convention, per_image=per_image,
                           image_ids=[gt_ann["image_id"] for gt_ann, _ in matched])

@@ -1,7 +1,7 @@
 """Per-image records: what the matcher did with every segment of one image, and its scores.
 
 :func:`image_record` is a pure function of one image's pair table, segment tables and
-:class:`~fastpq.matching.ImageMatch`; ``evaluate(..., per_image=True)``,
+:class:`~fastpq.core.matching.ImageMatch`; ``evaluate(..., per_image=True)``,
 ``pq_compute(..., per_image=True)`` and the streaming metric all call it. A record holds
 O(segments) plain Python values, never a pixel map.
 
@@ -36,7 +36,7 @@ What kind of error an FN or FP is (:attr:`UnmatchedSegment.error`), the first ru
 ``'missed'`` (FN) or ``'spurious'`` (FP)
     it overlaps no non-crowd segment of its own category on the other side.
 
-:mod:`fastpq.breakdown` turns these into the PQ each kind of error costs.
+:mod:`fastpq.analysis.breakdown` turns these into the PQ each kind of error costs.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
-from .categories import Categories
-from .inputs import PreparedImage
-from .matching import PRED_IGNORED, PRED_MATCHED, ImageMatch
+from fastpq.core.categories import Categories
+from fastpq.core.inputs import PreparedImage
+from fastpq.core.matching import PRED_IGNORED, PRED_MATCHED, ImageMatch
 
 #: The values of :attr:`UnmatchedSegment.why`.
 WHY = ("fn", "fp", "ignored", "crowd", "dropped")
@@ -207,10 +207,10 @@ def image_record(index: int, image_id, prepared, match: ImageMatch,
         The caller's id for the image (any value; None when there is none).
     prepared : PreparedImage or (pairs, gt_table, pred_table)
         What the matcher was given: the pair table sorted by (gt id, pred id) and the two
-        :class:`~fastpq.segments.SegmentTable`; ``PreparedImage.original_ids`` maps table ids
+        :class:`~fastpq.core.segments.SegmentTable`; ``PreparedImage.original_ids`` maps table ids
         back to the caller's ids (derived conventions).
     match : ImageMatch
-        :func:`fastpq.matching.match_image` of exactly these tables.
+        :func:`fastpq.core.matching.match_image` of exactly these tables.
     categories : Categories
         The table the dense category indices refer to.
 

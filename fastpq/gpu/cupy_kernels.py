@@ -4,7 +4,7 @@
 ``match_batch`` turns pair tables and segment tables into per-image, per-category tp/fp/fn and
 IoU partial sums (SPEC §2.3-2.5); ``accumulate_partials`` adds those partials into the
 streaming metric's running sums on the device (``kernels/accumulate.cu``); :class:`CupyBackend`
-bundles the three for :mod:`fastpq.device_state`. They take device arrays (CuPy arrays, or CUDA
+bundles the three for :mod:`fastpq.gpu.device_state`. They take device arrays (CuPy arrays, or CUDA
 torch tensors through DLPack, without a copy), queue their kernels on one stream and return
 device arrays: they never wait for the device (no ``.get()``, no ``int()`` of a device value),
 so a training loop can call them every step. Reading results, and acting on the ``status`` bits
@@ -109,7 +109,7 @@ def _device_id(cp, value) -> int:
     if _is_torch_tensor(value):
         if not value.is_cuda:
             raise TypeError(
-                "fastpq.gpu needs CUDA tensors, got a tensor on the CPU; move it with .cuda() or "
+                "fastpq.gpu.cupy_kernels needs CUDA tensors, got a tensor on the CPU; move it with .cuda() or "
                 "use the CPU path"
             )
         return value.device.index
@@ -400,7 +400,7 @@ def accumulate_partials(partials: MatchPartials, state, *, update: int, stream=N
 
     Rows are added in image order with :meth:`fastpq.PQAccumulator.add_image`'s arithmetic; a
     batch with any status bit set adds nothing and is counted in ``record``.
-    :func:`fastpq.device_state.accumulate_partials_host` is the NumPy twin. Nothing is
+    :func:`fastpq.gpu.device_state.accumulate_partials_host` is the NumPy twin. Nothing is
     synchronised.
     """
     cp = _cupy()
@@ -517,7 +517,7 @@ class _PinnedStaging:
 class CupyBackend:
     """The device half of :class:`fastpq.PanopticQuality` on CuPy: one device and one stream.
 
-    Used by :mod:`fastpq.device_state` (which also has the CPU twin, ``EmulatedBackend``). Every
+    Used by :mod:`fastpq.gpu.device_state` (which also has the CPU twin, ``EmulatedBackend``). Every
     method queues work and returns; only :meth:`download` synchronises (with this stream).
     ``with backend:`` makes the device and stream current.
 

@@ -11,8 +11,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .categories import Categories
-from .errors import SegmentError, where
+from fastpq.core.categories import Categories
+from fastpq.errors import SegmentError, where
 
 #: COCO panoptic ids are 24-bit (id = R + 256 G + 256² B).
 COCO_ID_LIMIT = 1 << 24

@@ -4,7 +4,7 @@ Only per-category sums travel, never segments or maps: each rank contributes one
 ``5 C + 2`` numbers (C categories) and receives everyone's, O(world size x C) in all.
 
 Exactness: the counts are integers, but the IoU sums are double-double values (``iou`` plus its
-rounding error ``iou_err``, see :mod:`fastpq.accumulator`). Summing ``iou`` and ``iou_err``
+rounding error ``iou_err``, see :mod:`fastpq.core.accumulator`). Summing ``iou`` and ``iou_err``
 across ranks with ``all_reduce`` would round the ``iou`` additions and lose those errors, and
 the rounding would depend on the backend's reduction order. So the vectors are all-gathered, the
 float64 values carried bit for bit as int64, and every rank merges them in rank order with the
@@ -22,8 +22,8 @@ import zlib
 
 import numpy as np
 
-from .accumulator import PQAccumulator
-from .categories import Categories
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.core.categories import Categories
 
 _INSTALL_HINT = "fastpq's distributed reduction needs PyTorch: pip install fastpq[torch]"
 

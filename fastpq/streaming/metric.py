@@ -4,27 +4,27 @@ Feed it batches with :meth:`~PanopticQuality.update`, read the result with
 :meth:`~PanopticQuality.compute`. It runs the same adapters, matcher and accumulator as
 :func:`fastpq.evaluate`, so streaming any split of the images into batches gives exactly the
 result of one ``evaluate`` call on all of them. The state is one
-:class:`~fastpq.accumulator.PQAccumulator`: a few arrays over the categories, whatever the number
+:class:`~fastpq.core.accumulator.PQAccumulator`: a few arrays over the categories, whatever the number
 of images. Under ``torch.distributed``, ``compute`` reduces it across ranks
-(:mod:`fastpq.distributed`); torch is needed only then.
+(:mod:`fastpq.streaming.distributed`); torch is needed only then.
 
 COCO-convention updates with maps in GPU memory (CUDA torch tensors, CuPy arrays) run on the GPU
-instead (:mod:`fastpq.device_state`): pair histogram, matcher and accumulation are queued on the
+instead (:mod:`fastpq.gpu.device_state`): pair histogram, matcher and accumulation are queued on the
 device and ``update`` returns without waiting for them; the state comes back to the host, with
 the same bits, when it is read.
 """
 
 from __future__ import annotations
 
-from .accumulator import PQAccumulator
-from .api import iter_matches
-from .categories import Categories
-from .distributed import is_distributed, reduce_accumulator
-from .errors import InputError
-from .inputs import Convention, pick_convention
-from .kernels.pairs_cuda import DEFAULT_CAPACITY, capacity_log2
-from .result import PQResult
-from .variants import Scoring
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.api import iter_matches
+from fastpq.core.categories import Categories
+from fastpq.streaming.distributed import is_distributed, reduce_accumulator
+from fastpq.errors import InputError
+from fastpq.core.inputs import Convention, pick_convention
+from fastpq.kernels.pairs_cuda import DEFAULT_CAPACITY, capacity_log2
+from fastpq.core.result import PQResult
+from fastpq.metrics.variants import Scoring
 
 
 class PanopticQuality:
@@ -153,7 +153,7 @@ class PanopticQuality:
         and the GPU path covers it (the state is then on that device), else None."""
         if per_image or self.metric != "pq" or self.convention != "panopticapi":
             return None
-        from . import device_state
+        from fastpq.gpu.cupy_kernels import device_state
 
         backend = device_state.device_backend(gt, pred)
         if backend is None:
@@ -177,7 +177,7 @@ class PanopticQuality:
             As in :func:`fastpq.evaluate`: one image or a batch (a list, or a stacked (B, ...)
             array or tensor) in the COCO, pairs or divisor convention.
         per_image : bool
-            Keep these images' :class:`~fastpq.records.ImageRecord` (indexed from the first
+            Keep these images' :class:`~fastpq.core.records.ImageRecord` (indexed from the first
             image this metric saw) for ``compute().per_image``; metric 'pq' under the
             panopticapi convention only. Records grow with the images, stay in this process
             (they are not reduced across ranks, nor part of :meth:`state_dict`) and are cleared

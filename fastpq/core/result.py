@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .categories import Categories
+from fastpq.core.categories import Categories
 
 SPLITS = (("All", None), ("Things", True), ("Stuff", False))
 
@@ -71,10 +71,10 @@ class PQResult:
         ``.pq``, ``.sq``, ``.rq`` as fractions in [0, 1] (the reference's scale) and ``.n``.
     per_class : dict[int, ClassScore]
         Keyed by category id, in category-table order; absent categories score 0.0.
-    per_image : list of fastpq.records.ImageRecord or None
+    per_image : list of fastpq.core.records.ImageRecord or None
         Per-image records when asked for (``per_image=True``), in input order.
     metric : {'pq', 'pq_dagger'}
-        What was scored (:mod:`fastpq.variants`); for 'pq_dagger' a stuff class's ``tp`` counts
+        What was scored (:mod:`fastpq.metrics.variants`); for 'pq_dagger' a stuff class's ``tp`` counts
         its ground-truth segments and its ``iou`` sums IoUs without the 0.5 threshold.
     convention : {'panopticapi', 'torchmetrics'}
         The rules the counts follow; under 'torchmetrics' the scores are computed as torchmetrics

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .segments import SegmentTable
+from fastpq.core.segments import SegmentTable
 
 #: Status codes of predicted segments in :class:`ImageMatch`.
 PRED_FP, PRED_MATCHED, PRED_IGNORED = 0, 1, 2

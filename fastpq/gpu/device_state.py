@@ -7,7 +7,7 @@ torch tensors, CuPy arrays) to a :class:`DeviceAccumulator`. One update is
       -> pair histogram (device)  -> matcher (device)  -> accumulation (device)
 
 and nothing in it waits for the device: no value computed on the device is read on the host.
-The running sums are the host accumulator's (:class:`~fastpq.accumulator.PQAccumulator`): int64
+The running sums are the host accumulator's (:class:`~fastpq.core.accumulator.PQAccumulator`): int64
 tp/fp/fn and double-double IoU sums, added image by image in input order with the same TwoSum,
 so a metric fed on the GPU holds bitwise the numbers of one fed the same images on the host.
 They move to the host (one synchronisation) when the metric is read: ``compute()``, ``sync()``,
@@ -26,7 +26,7 @@ reference), ids in [2**24, 2**31), and predicted id 0 listed in segments_info (a
 the reference).
 
 The glue is written against a small backend (array module ``xp``, histogram, matcher,
-accumulation, copies): :class:`fastpq.gpu.CupyBackend` on a GPU, :class:`EmulatedBackend` on the
+accumulation, copies): :class:`fastpq.gpu.cupy_kernels.CupyBackend` on a GPU, :class:`EmulatedBackend` on the
 CPU, which runs the kernels' CPU emulations (``fastpq.kernels.pairs_cuda``) so that the tests
 check this module without a GPU.
 """
@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accumulator import PQAccumulator, _two_sum
-from .categories import Categories
-from .errors import InputError, SegmentError, where
-from .inputs import is_torch_tensor, on_device, split_segments
-from .kernels.pairs_cuda import (
+from fastpq.core.accumulator import PQAccumulator, _two_sum
+from fastpq.core.categories import Categories
+from fastpq.errors import InputError, SegmentError, where
+from fastpq.core.inputs import is_torch_tensor, on_device, split_segments
+from fastpq.kernels.pairs_cuda import (
     DEFAULT_CAPACITY,
     STATUS_CATEGORY_UNKNOWN,
     STATUS_MESSAGES,
@@ -56,7 +56,7 @@ from .kernels.pairs_cuda import (
     pad_segment_tables,
     pair_histogram_emulated,
 )
-from .kernels.encode_cuda import (
+from fastpq.kernels.encode_cuda import (
     MODE_DIVISOR,
     MODE_PAIRS,
     category_lut,
@@ -64,7 +64,7 @@ from .kernels.encode_cuda import (
     encode_emulated,
     instance_bits,
 )
-from .segments import coco_table
+from fastpq.core.segments import coco_table
 
 __all__ = ["DEFAULT_CAPACITY", "DeviceAccumulator", "EmulatedBackend", "RefusedUpdates",
            "accumulate_partials_host", "device_backend"]
@@ -77,7 +77,7 @@ _INT32_MAX = (1 << 31) - 1
 
 
 def device_backend(gt, pred):
-    """The backend for an update's maps: a :class:`fastpq.gpu.CupyBackend` when the maps live on
+    """The backend for an update's maps: a :class:`fastpq.gpu.cupy_kernels.CupyBackend` when the maps live on
     a GPU, None when they are host maps.
 
     Raises
@@ -96,13 +96,13 @@ def device_backend(gt, pred):
                    else ("predicted", first_host - len(gts)))
         raise InputError(f"image {k}: the {side} map is in host memory while other maps of the "
                          "update are on a GPU; pass all maps of an update on the same device")
-    from .gpu import CupyBackend
+    from fastpq.gpu.cupy_kernels.cupy_kernels import CupyBackend
 
     return CupyBackend.for_maps(gts + preds)
 
 
 class EmulatedBackend:
-    """The CPU twin of :class:`fastpq.gpu.CupyBackend`: NumPy arrays, and the CPU emulations of
+    """The CPU twin of :class:`fastpq.gpu.cupy_kernels.CupyBackend`: NumPy arrays, and the CPU emulations of
     the histogram and matcher kernels (``fastpq.kernels.pairs_cuda``) and of the accumulation
     kernel (:func:`accumulate_partials_host`).
 
@@ -167,7 +167,7 @@ class EmulatedBackend:
 
 
 def accumulate_partials_host(partials: MatchPartials, state, *, update: int) -> None:
-    """NumPy twin of ``kernels/accumulate.cu`` (:func:`fastpq.gpu.accumulate_partials`).
+    """NumPy twin of ``kernels/accumulate.cu`` (:func:`fastpq.gpu.cupy_kernels.accumulate_partials`).
 
     Adds the rows of ``partials`` (tp, fp, fn, iou_sum, status of B images) into ``state`` =
     ``(tp, fp, fn, iou, iou_err, record)`` in place, image by image, exactly as
@@ -399,7 +399,7 @@ def _upload_tables(backend, gt_tables, pred_tables):
 # -- the state -------------------------------------------------------------------------------------
 
 class DeviceAccumulator:
-    """A :class:`~fastpq.accumulator.PQAccumulator` living on a device, fed batches of device
+    """A :class:`~fastpq.core.accumulator.PQAccumulator` living on a device, fed batches of device
     label maps without host-device synchronisation.
 
     Parameters

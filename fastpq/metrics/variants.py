@@ -1,6 +1,6 @@
 """Metric variants on the same pair table: PQ-dagger, torchmetrics' rules, Parsing Covering.
 
-Every variant reads one image's :class:`~fastpq.inputs.PreparedImage` — the pair table and
+Every variant reads one image's :class:`~fastpq.core.inputs.PreparedImage` — the pair table and
 segment tables that the default path's adapters and kernel produce — and returns per-category
 sums that an accumulator adds up. :class:`Scoring` drives them for :func:`fastpq.evaluate` and
 :func:`fastpq.pq_compute` (``metric=``, ``convention=``, ``per_image=``).
@@ -38,7 +38,7 @@ sums that an accumulator adds up. :class:`Scoring` drives them for :func:`fastpq
     half on GT void is not an FP (both tests ``<= 0.5`` in float32); areas are pixel counts;
     each IoU is the float32 quotient of the float32-rounded intersection and union, as its 0-d
     int64 tensor division gives, compared with 0.5 in float32 and added to float64 sums; scores
-    as its ``compute`` (see :class:`~fastpq.result.PQResult`).
+    as its ``compute`` (see :class:`~fastpq.core.result.PQResult`).
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accumulator import PQAccumulator, _two_sum
-from .categories import Categories
-from .errors import InputError
-from .matching import match_image
-from .records import image_record
-from .result import SPLITS, PQResult
+from fastpq.core.accumulator import PQAccumulator, _two_sum
+from fastpq.core.categories import Categories
+from fastpq.errors import InputError
+from fastpq.core.matching import match_image
+from fastpq.core.records import image_record
+from fastpq.core.result import SPLITS, PQResult
 
 METRICS = ("pq", "pq_dagger", "pc")
 CONVENTIONS = ("panopticapi", "torchmetrics")
@@ -168,7 +168,7 @@ def _unmatched(units, cat, matched, area, void, excluded) -> np.ndarray:
 def pq_dagger_image(prepared, categories: Categories):
     """One image's per-category ``(tp, fp, fn, iou)`` for PQ-dagger under panopticapi's rules.
 
-    Things as :func:`~fastpq.matching.match_image` scores them; stuff by the PQ-dagger rule
+    Things as :func:`~fastpq.core.matching.match_image` scores them; stuff by the PQ-dagger rule
     (module docstring) with the reference's union ``area_p + area_g - I - I(void, p)``.
     """
     gt, pred = prepared.gt, prepared.pred
@@ -227,7 +227,7 @@ def parsing_covering_image(prepared, categories: Categories):
 class CoveringAccumulator:
     """Per-category Parsing Covering numerators and denominators, merged by addition.
 
-    Sums are double-double (as in :class:`~fastpq.accumulator.PQAccumulator`), so the result
+    Sums are double-double (as in :class:`~fastpq.core.accumulator.PQAccumulator`), so the result
     does not depend on how images are grouped.
     """
 
@@ -379,7 +379,7 @@ class Scoring:
     metric : {'pq', 'pq_dagger', 'pc'}
     convention : {'panopticapi', 'torchmetrics'}
     per_image : bool
-        Keep an :class:`~fastpq.records.ImageRecord` per image (metric 'pq', convention
+        Keep an :class:`~fastpq.core.records.ImageRecord` per image (metric 'pq', convention
         'panopticapi').
     image_ids : sequence, optional
         The ids records carry, by image index.
@@ -444,7 +444,7 @@ class Scoring:
             self._records.append(record)
 
     def result(self):
-        """:class:`~fastpq.result.PQResult`, or :class:`CoveringResult` for ``metric='pc'``."""
+        """:class:`~fastpq.core.result.PQResult`, or :class:`CoveringResult` for ``metric='pc'``."""
         acc = self._acc
         if self.metric == "pc":
             return acc.result()

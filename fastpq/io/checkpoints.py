@@ -2,7 +2,7 @@
 
 Each ground-truth PNG is decoded once per image and paired with every prediction's PNG of that
 image; each prediction is then scored exactly as :func:`fastpq.pq_compute` scores it alone (the
-same :func:`fastpq.coco.evaluate_pair`, the same accumulator), so the results equal separate runs.
+same :func:`fastpq.io.coco.evaluate_pair`, the same accumulator), so the results equal separate runs.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from .accumulator import PQAccumulator
-from .categories import Categories
-from .coco import _bounded_map, _progress_bar, _read, evaluate_pair, load_json, pair_annotations
-from .errors import InputError, SuspectDataWarning
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.core.categories import Categories
+from fastpq.io.coco import _bounded_map, _progress_bar, _read, evaluate_pair, load_json, pair_annotations
+from fastpq.errors import InputError, SuspectDataWarning
 
 
 def evaluate_many(gt_json, pred_jsons: Mapping, *, gt_folder=None,
@@ -35,7 +35,7 @@ def evaluate_many(gt_json, pred_jsons: Mapping, *, gt_folder=None,
         ``{name: prediction PNG folder}`` for some or all names; a name without one takes its
         JSON path with '.json' removed.
     client : distributed.Client, optional
-        Score on this Dask cluster (:mod:`fastpq.cluster`); the workers read the PNGs at the same
+        Score on this Dask cluster (:mod:`fastpq.scale.cluster`); the workers read the PNGs at the same
         paths and ``workers`` is ignored.
     workers : int, optional
         Local threads, one image (its GT and every prediction) at a time each (default: the
@@ -81,7 +81,7 @@ def evaluate_many(gt_json, pred_jsons: Mapping, *, gt_folder=None,
     images = [(gt_ann, {name: paired[name][k][1] for name in paired})
               for k, gt_ann in enumerate(gt["annotations"])]
     if client is not None:
-        from .cluster import evaluate_many_on_cluster
+        from fastpq.scale.cluster import evaluate_many_on_cluster
 
         return evaluate_many_on_cluster(client, images, gt_folder, folders, categories,
                                         progress=progress)

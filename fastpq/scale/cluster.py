@@ -2,15 +2,15 @@
 
 ``fastpq.pq_compute(..., client=client)`` and ``fastpq.evaluate_many(..., client=client)`` come
 here. The image list is cut into shards of consecutive images. Each shard is one task that scores
-its images with the file path of a local run (:func:`fastpq.coco.evaluate_files`, or
-:func:`fastpq.checkpoints.evaluate_files_many` for several predictions) on the threads of the
+its images with the file path of a local run (:func:`fastpq.io.coco.evaluate_files`, or
+:func:`fastpq.io.checkpoints.evaluate_files_many` for several predictions) on the threads of the
 worker running it, and returns a :class:`Partial`: per-category accumulators, the image range it
 covers and its suspect-data notes, a few kilobytes and never pixels. Partials are merged on the
 cluster by a tree of merge tasks as the shards finish; only the root comes back to the client.
 
-With ``per_image=True`` a shard scores its images through :func:`fastpq.coco.score_files` and a
-per-image :class:`~fastpq.variants.Scoring`, and its partial also carries its
-:class:`~fastpq.records.ImageRecord` list (O(segments) each, still no pixels); the records travel
+With ``per_image=True`` a shard scores its images through :func:`fastpq.io.coco.score_files` and a
+per-image :class:`~fastpq.metrics.variants.Scoring`, and its partial also carries its
+:class:`~fastpq.core.records.ImageRecord` list (O(segments) each, still no pixels); the records travel
 up the merge tree and come back in input order.
 
 How the annotations travel
@@ -65,10 +65,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .accumulator import PQAccumulator
-from .categories import Categories
-from .errors import SuspectDataWarning
-from .result import PQResult
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.core.categories import Categories
+from fastpq.errors import SuspectDataWarning
+from fastpq.core.result import PQResult
 
 _INSTALL_HINT = "fastpq's Dask evaluation needs dask.distributed: pip install fastpq[dask]"
 
@@ -108,7 +108,7 @@ class Partial(NamedTuple):
     ranges : tuple of (int, int)
         The ``[start, stop)`` image index ranges covered, sorted and coalesced.
     accumulators : dict
-        One :class:`~fastpq.accumulator.PQAccumulator` per prediction name.
+        One :class:`~fastpq.core.accumulator.PQAccumulator` per prediction name.
     notes : tuple of (int, tuple of str)
         ``(first image of a shard, its suspect-data notes in image order)``, shards with notes
         only.
@@ -143,14 +143,14 @@ def connect(address: str):
 def evaluate_on_cluster(client, matched: Sequence[tuple], gt_folder, pred_folder,
                         categories: Categories, *, progress: bool | None = None,
                         shard_size: int | None = None, per_image: bool = False) -> PQResult:
-    """Score (gt_ann, pred_ann) pairs on a Dask cluster, as :func:`fastpq.coco.evaluate_files`.
+    """Score (gt_ann, pred_ann) pairs on a Dask cluster, as :func:`fastpq.io.coco.evaluate_files`.
 
     Parameters
     ----------
     client : distributed.Client
         A client of the cluster; its workers must see the folders at the same paths.
     matched : sequence of (dict, dict)
-        GT and prediction annotations, paired as :func:`fastpq.coco.pair_annotations` pairs them.
+        GT and prediction annotations, paired as :func:`fastpq.io.coco.pair_annotations` pairs them.
     gt_folder, pred_folder : str or os.PathLike
         The PNG folders.
     categories : Categories
@@ -194,7 +194,7 @@ def evaluate_many_on_cluster(client, images: Sequence[tuple], gt_folder,
     ----------
     client : distributed.Client
     images : sequence of (dict, dict)
-        ``(gt_ann, {name: pred_ann})`` per image, as :func:`fastpq.checkpoints.evaluate_files_many`
+        ``(gt_ann, {name: pred_ann})`` per image, as :func:`fastpq.io.checkpoints.evaluate_files_many`
         takes them.
     gt_folder : str or os.PathLike
     pred_folders : mapping
@@ -220,7 +220,7 @@ def evaluate_many_on_cluster(client, images: Sequence[tuple], gt_folder,
 def _run(client, items, gt_folder, pred_folders: dict, categories: Categories, *, progress,
          shard_size, per_image) -> tuple:
     """Shard, submit, merge; ``({name: PQAccumulator}, records or None)``."""
-    from .coco import _progress_bar
+    from fastpq.io.coco import _progress_bar
 
     distributed = _import_distributed()
     from dask.base import tokenize
@@ -305,9 +305,9 @@ def _evaluate_shard(payload: bytes, start: int, gt_folder: str, pred_folders: di
     """The shard task, run on a worker: score images ``start ..`` with the worker's threads."""
     from distributed import get_worker
 
-    from .checkpoints import evaluate_files_many
-    from .coco import evaluate_files, score_files
-    from .variants import Scoring
+    from fastpq.io.checkpoints import evaluate_files_many
+    from fastpq.io.coco import evaluate_files, score_files
+    from fastpq.metrics.variants import Scoring
 
     items = pickle.loads(payload)
     categories = Categories.from_coco(category_list)
@@ -344,7 +344,7 @@ def _accumulate_records(records, categories: Categories) -> PQAccumulator:
     """A shard's accumulator from its per-image records.
 
     A record's per-class ``tp``, ``fp``, ``fn`` and ``iou`` are the partials the accumulator adds
-    for that image (:mod:`fastpq.records`; categories without any are all zero there), so adding
+    for that image (:mod:`fastpq.core.records`; categories without any are all zero there), so adding
     them image by image gives the accumulator of the images themselves, bit for bit.
     """
     acc = PQAccumulator(categories)

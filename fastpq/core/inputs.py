@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .categories import Categories
-from .errors import InputError, SegmentError, where
-from .kernels import pairs as pair_kernels
-from .kernels import tables
-from .segments import COCO_ID_LIMIT, SegmentTable, coco_table
+from fastpq.core.categories import Categories
+from fastpq.errors import InputError, SegmentError, where
+from fastpq.kernels import pairs as pair_kernels
+from fastpq.kernels import tables
+from fastpq.core.segments import COCO_ID_LIMIT, SegmentTable, coco_table
 
 
 @dataclass(frozen=True)

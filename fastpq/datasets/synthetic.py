@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .categories import Categories, _load_json
-from .errors import InputError
+from fastpq.core.categories import Categories, _load_json
+from fastpq.errors import InputError
 
 __all__ = ["make_scene", "make_prediction", "make_dataset", "write_coco_dataset", "write_cityscapes_dataset",
            "id2rgb", "rgb2id"]
@@ -382,7 +382,7 @@ def make_scene(rng: np.random.Generator, height: int, width: int, categories, *,
     height, width : int
         Size of the map in pixels.
     categories : Categories or preset name or COCO categories list
-        Anything :meth:`fastpq.categories.Categories.coerce` accepts.
+        Anything :meth:`fastpq.core.categories.Categories.coerce` accepts.
     n_things : int or (int, int), optional
         Number of thing instances to paint (inclusive range). Fully covered ones are dropped.
     n_stuff : int or (int, int), optional

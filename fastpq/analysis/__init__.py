@@ -1,0 +1,1 @@
+"""Reading a result: breakdowns and the HTML report."""

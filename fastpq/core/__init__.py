@@ -1,0 +1,1 @@
+"""The engine: categories, segment tables, input adapters, matching, sums, accumulator, result."""

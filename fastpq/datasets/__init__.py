@@ -1,0 +1,1 @@
+"""Generated panoptic datasets and the README demo."""

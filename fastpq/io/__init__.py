@@ -1,0 +1,1 @@
+"""Files: PNG reading, COCO panoptic folders (``pq_compute``), several checkpoints, the shim."""

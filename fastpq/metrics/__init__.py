@@ -1,0 +1,1 @@
+"""The metrics scored on the engine's per-image pair tables: PQ and its variants."""

@@ -1,0 +1,1 @@
+"""More than one machine: COCO panoptic files scored on a Dask cluster."""

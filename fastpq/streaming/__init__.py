@@ -1,0 +1,1 @@
+"""Training and validation loops: the streaming metric, torch.distributed, the evaluator."""
