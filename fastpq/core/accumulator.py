@@ -13,13 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastpq.core.categories import Categories
-
-
-def _two_sum(a, b):
-    s = a + b
-    bb = s - a
-    err = (a - (s - bb)) + (b - bb)
-    return s, err
+from fastpq.core.sums import two_sum
 
 
 class PQAccumulator:
@@ -47,7 +41,7 @@ class PQAccumulator:
         self.tp += tp
         self.fp += fp
         self.fn += fn
-        self.iou, err = _two_sum(self.iou, np.asarray(iou, np.float64))
+        self.iou, err = two_sum(self.iou, np.asarray(iou, np.float64))
         self.iou_err += err
         self.n_images += 1
 
@@ -60,7 +54,7 @@ class PQAccumulator:
         self.tp += other.tp
         self.fp += other.fp
         self.fn += other.fn
-        self.iou, err = _two_sum(self.iou, other.iou)
+        self.iou, err = two_sum(self.iou, other.iou)
         self.iou_err += err + other.iou_err
         self.n_images += other.n_images
         return self

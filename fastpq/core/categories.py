@@ -105,7 +105,7 @@ class Categories:
     @classmethod
     def coco_panoptic(cls) -> "Categories":
         """The 133 COCO panoptic categories (80 things, 53 stuff)."""
-        return cls.from_coco(_load_json("coco_panoptic_categories.json"))
+        return cls.from_coco(load_packaged_json("coco_panoptic_categories.json"))
 
     @classmethod
     def cityscapes(cls) -> "Categories":
@@ -175,6 +175,6 @@ class Categories:
         return hash((self.ids, self.isthing))
 
 
-def _load_json(name: str):
+def load_packaged_json(name: str):
     with resources.files("fastpq.data").joinpath(name).open("r", encoding="utf-8") as f:
         return json.load(f)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastpq.core.categories import Categories, _load_json
+from fastpq.core.categories import Categories, load_packaged_json
 from fastpq.errors import InputError
 
 __all__ = ["make_scene", "make_prediction", "make_dataset", "write_coco_dataset", "write_cityscapes_dataset",
@@ -766,7 +766,7 @@ def make_dataset(n_images, *, height=480, width=640, categories="coco", seed=0, 
 
 def _coco_category_list(categories: Categories) -> list[dict]:
     """COCO ``categories`` entries with a display colour (COCO's own for COCO classes)."""
-    coco_colors = {(c["id"], c["name"]): c["color"] for c in _load_json("coco_panoptic_categories.json")}
+    coco_colors = {(c["id"], c["name"]): c["color"] for c in load_packaged_json("coco_panoptic_categories.json")}
     return [dict(entry, color=coco_colors.get((entry["id"], entry["name"]))
                  or np.random.default_rng(entry["id"]).integers(0, 256, 3).tolist())
             for entry in categories.to_coco()]

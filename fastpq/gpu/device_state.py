@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastpq.core.accumulator import PQAccumulator, _two_sum
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.core.sums import two_sum
 from fastpq.core.categories import Categories
 from fastpq.errors import InputError, SegmentError, where
 from fastpq.core.inputs import is_torch_tensor, on_device, split_segments
@@ -189,7 +190,7 @@ def accumulate_partials_host(partials: MatchPartials, state, *, update: int) -> 
         tp += partials.tp[b]
         fp += partials.fp[b]
         fn += partials.fn[b]
-        iou[:], err = _two_sum(iou, partials.iou_sum[b])
+        iou[:], err = two_sum(iou, partials.iou_sum[b])
         iou_err += err
 
 

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastpq.core.accumulator import PQAccumulator, _two_sum
+from fastpq.core.accumulator import PQAccumulator
+from fastpq.core.sums import two_sum
 from fastpq.core.categories import Categories
 from fastpq.errors import InputError
 from fastpq.core.matching import match_image
@@ -243,9 +244,9 @@ class CoveringAccumulator:
 
     def add_image(self, numerator, denominator) -> None:
         """Add one image's per-category sums."""
-        self.numerator, err = _two_sum(self.numerator, np.asarray(numerator, np.float64))
+        self.numerator, err = two_sum(self.numerator, np.asarray(numerator, np.float64))
         self.numerator_err += err
-        self.denominator, err = _two_sum(self.denominator, np.asarray(denominator, np.float64))
+        self.denominator, err = two_sum(self.denominator, np.asarray(denominator, np.float64))
         self.denominator_err += err
         self.n_images += 1
 
@@ -259,9 +260,9 @@ class CoveringAccumulator:
         """
         if other.categories != self.categories:
             raise ValueError("cannot merge accumulators built on different category tables")
-        self.numerator, err = _two_sum(self.numerator, other.numerator)
+        self.numerator, err = two_sum(self.numerator, other.numerator)
         self.numerator_err += err + other.numerator_err
-        self.denominator, err = _two_sum(self.denominator, other.denominator)
+        self.denominator, err = two_sum(self.denominator, other.denominator)
         self.denominator_err += err + other.denominator_err
         self.n_images += other.n_images
         return self
