@@ -97,7 +97,7 @@ def device_backend(gt, pred):
                    else ("predicted", first_host - len(gts)))
         raise InputError(f"image {k}: the {side} map is in host memory while other maps of the "
                          "update are on a GPU; pass all maps of an update on the same device")
-    from fastpq.gpu.cupy_kernels.cupy_kernels import CupyBackend
+    from fastpq.gpu.cupy_kernels import CupyBackend
 
     return CupyBackend.for_maps(gts + preds)
 

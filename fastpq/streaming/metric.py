@@ -153,7 +153,7 @@ class PanopticQuality:
         and the GPU path covers it (the state is then on that device), else None."""
         if per_image or self.metric != "pq" or self.convention != "panopticapi":
             return None
-        from fastpq.gpu.cupy_kernels import device_state
+        from fastpq.gpu import device_state
 
         backend = device_state.device_backend(gt, pred)
         if backend is None:
