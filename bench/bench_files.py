@@ -1,6 +1,7 @@
 """COCO panoptic files (JSON + PNG folders): fastpq against panopticapi, hotcoco and vernier.
 
     python bench/bench_files.py [--images 500] [--cityscapes 12] [--repeat 3] [--root DIR]
+                                [--baseline CHECKOUT]
 
 Writes a generated COCO-like folder (640x480) and a Cityscapes-like one (1024x2048), then runs
 each tool on the same files in a fresh subprocess, interleaved, ``--repeat`` rounds; prints the
@@ -17,6 +18,10 @@ included — panopticapi uses a process pool). Every tool's All-PQ is printed so
 * hotcoco:     hotcoco.panoptic.pq_compute
 * fastpq-1thread, hotcoco-1thread: one thread each (fastpq warm, workers=1; hotcoco with
                RAYON_NUM_THREADS=1): the speed per core
+* fastpq@base, fastpq-warm@base, fastpq-1thread@base (with ``--baseline CHECKOUT``): the same
+               runs importing fastpq from another checkout of this repository (``git worktree add
+               ../base REV``), so a change is compared with what it replaces in the same
+               interleaved run; the checkout needs ``fastpq/kernels`` (a link to ../kernels)
 * vernier:     vernier.panoptic, parity_mode="strict"; it takes decoded arrays, so its time
                includes decoding every PNG with its own decoder (vernier.panoptic.decode_label_map_png)
 """
@@ -100,6 +105,25 @@ EPILOGUE = ("\nprint('RESULT', json.dumps({'seconds': dt, 'pq': float(pq), "
             "'import': imported - started}))\n")
 
 
+BASELINE_SUFFIX = "@base"
+
+
+def add_baseline(checkout):
+    """Register ``fastpq*@base`` tools that import fastpq from another checkout."""
+    checkout = os.path.abspath(checkout)
+    if not os.path.isdir(os.path.join(checkout, "fastpq", "kernels")):
+        sys.exit(f"--baseline {checkout}: no fastpq/kernels there; create it with "
+                 f"ln -s ../kernels {os.path.join(checkout, 'fastpq', 'kernels')}")
+    added = []
+    for tool in ("fastpq", "fastpq-warm", "fastpq-1thread"):
+        name = tool + BASELINE_SUFFIX
+        RUNNERS[name] = RUNNERS[tool]
+        path = os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
+        ENVIRONMENT[name] = {**ENVIRONMENT.get(tool, {}), "PYTHONPATH": path}
+        added.append(name)
+    return added
+
+
 def run_one(tool, gt, pred):
     code = PRELUDE.format(gt=gt, pred=pred) + RUNNERS[tool] + EPILOGUE
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
@@ -155,6 +179,7 @@ def _psutil_tree_rss(pid):
 
 
 def available(tool):
+    tool = tool.removesuffix(BASELINE_SUFFIX)
     module = {"fastpq": "fastpq", "fastpq-warm": "fastpq", "fastpq-1thread": "fastpq",
               "panopticapi": "panopticapi.evaluation", "hotcoco": "hotcoco.panoptic",
               "hotcoco-1thread": "hotcoco.panoptic", "vernier": "vernier.panoptic"}[tool]
@@ -172,15 +197,16 @@ def bench(label, info, tools, repeat):
         for tool in tools:  # interleaved rounds
             runs[tool].append(run_one(tool, gt, pred))
     print(f"\n{label}: {n} images")
-    print(f"{'tool':12s} {'median s':>9s} {'images/s':>9s} {'x ref':>7s} {'peak MB':>8s} "
+    print(f"{'tool':16s} {'median s':>9s} {'images/s':>9s} {'x ref':>7s} {'peak MB':>8s} "
           f"{'import s':>8s}  All-PQ")
     t_ref = statistics.median(r["seconds"] for r in runs["panopticapi"]) if "panopticapi" in runs else None
     for tool, rs in runs.items():
         t = statistics.median(r["seconds"] for r in rs)
         peak = max(r["peak_mb"] for r in rs)
         x = f"{t_ref / t:7.1f}" if t_ref else f"{'-':>7s}"
-        imp = "-" if tool in ("fastpq-warm", "fastpq-1thread") else f"{statistics.median(r['import'] for r in rs):.3f}"
-        print(f"{tool:12s} {t:9.3f} {n / t:9.0f} {x} {peak:8.0f} {imp:>8s}  {rs[0]['pq']:.15f}")
+        warm = tool.removesuffix(BASELINE_SUFFIX) in ("fastpq-warm", "fastpq-1thread")
+        imp = "-" if warm else f"{statistics.median(r['import'] for r in rs):.3f}"
+        print(f"{tool:16s} {t:9.3f} {n / t:9.0f} {x} {peak:8.0f} {imp:>8s}  {rs[0]['pq']:.15f}")
 
 
 def main(argv=None):
@@ -189,6 +215,8 @@ def main(argv=None):
     ap.add_argument("--cityscapes", type=int, default=12)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--root", default=None, help="keep the generated folders here")
+    ap.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                    help="also run fastpq from this checkout (tools named ...@base)")
     ap.add_argument("--tools", default="fastpq,fastpq-warm,panopticapi,hotcoco,vernier,"
                                        "fastpq-1thread,hotcoco-1thread")
     args = ap.parse_args(argv)
@@ -196,6 +224,9 @@ def main(argv=None):
     from fastpq.datasets import synthetic
 
     tools = [t for t in args.tools.split(",") if available(t)]
+    if args.baseline:
+        base = add_baseline(args.baseline)
+        tools = [x for t in tools for x in ([t, t + BASELINE_SUFFIX] if t + BASELINE_SUFFIX in base else [t])]
     root = args.root or tempfile.mkdtemp(prefix="fastpq-bench-")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     coco = synthetic.write_coco_dataset(os.path.join(root, "coco"), args.images, seed=1)
