@@ -179,8 +179,8 @@ def _device_id(cp, value) -> int:
     if _is_torch_tensor(value):
         if not value.is_cuda:
             raise TypeError(
-                "fastpq.gpu.cupy_kernels needs CUDA tensors, got a tensor on the CPU; move it with "
-                ".cuda() or use the CPU path"
+                "fastpq.gpu.cupy_kernels needs CUDA tensors, got a tensor on the CPU; move it with .cuda() or "
+                "use the CPU path"
             )
         return value.device.index
     return cp.cuda.Device().id
