@@ -115,7 +115,7 @@ def panoptic_like_batch(cp, rng, n_images, height, width, n_segments=40):
 def segment_tables(rng, ids, n_categories=133):
     """Segment tables for the batch: random categories (5 % crowd); a pred id that is also a GT
     id takes that segment's category, so that segments match."""
-    from fastpq.kernels.pairs_cuda import pad_segment_tables
+    from fastpq.gpu.device_state import pad_segment_tables
 
     gt_categories = [rng.integers(0, n_categories, len(g)) for g, _ in ids]
     gt = pad_segment_tables([g for g, _ in ids], gt_categories,
@@ -206,17 +206,17 @@ def category_instance_maps(cp, torch, maps, tables, category_ids):
 def histogram_kernel_only(cp, gt, pred):
     """A function that launches only the histogram kernel of :func:`fastpq.gpu.cupy_kernels.
     pair_histogram_batch` (no table initialisation, no compaction) on tables it keeps."""
-    from fastpq.gpu.cupy_kernels import _kernel
-    from fastpq.kernels.pairs_cuda import (BLOCK_THREADS, DEFAULT_CAPACITY, DEFAULT_TILE_PIXELS,
-                                           capacity_log2)
+    from fastpq.gpu.cupy_kernels import compiled_kernel
+    from fastpq.kernels.gpu_layout import (BLOCK_THREADS, DEFAULT_CAPACITY, DEFAULT_TILE_PIXELS,
+                                           EMPTY_KEY, capacity_log2)
 
     n_images = gt.shape[0]
     n_pixels = gt[0].size
     cap_log2 = capacity_log2(DEFAULT_CAPACITY)
-    keys = cp.full((n_images, 1 << cap_log2), np.uint64(2**64 - 1), cp.uint64)
+    keys = cp.full((n_images, 1 << cap_log2), EMPTY_KEY, cp.uint64)
     counts = cp.zeros_like(keys)
     status = cp.zeros(n_images, cp.int32)
-    kernel = _kernel(cp, "pair_histogram_i32")
+    kernel = compiled_kernel("pair_histogram_i32")
     grid = (-(-n_pixels // DEFAULT_TILE_PIXELS), n_images)
     args = (gt, pred, np.int64(n_pixels), np.int64(DEFAULT_TILE_PIXELS), np.int32(1), keys,
             counts, np.int32(cap_log2), status)

@@ -1,10 +1,11 @@
 // fastpq GPU kernel: device-side accumulation of the matcher's per-image partials into the
-// streaming metric's running sums (fastpq/device_state.py), with the host accumulator's
+// streaming metric's running sums (fastpq/gpu/device_state.py), with the host accumulator's
 // arithmetic, so that a metric fed on the GPU ends with the bits of one fed on the host.
 //
-// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu.py), like pairs.cu.
+// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu/cupy_kernels.py), like pairs.cu.
 //
-// The host accumulator (fastpq/accumulator.py, PQAccumulator.add_image) adds one image at a time:
+// The host accumulator (fastpq/core/accumulator.py, PQAccumulator.add_image) adds one image at a
+// time:
 // int64 tp/fp/fn, and the IoU sums as a double-double (iou, iou_err) updated by one TwoSum per
 // image and category:
 //     s = iou + x;  bb = s - iou;  err = (iou - (s - bb)) + (x - bb);  iou = s;  iou_err += err.

@@ -5,9 +5,9 @@
 // tables, so that these conventions need no segments_info and no host work (SPEC: segments come
 // from the ids).
 //
-// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu.py) after pairs.cu, in one
-// module: the fused kernel below reuses pairs.cu's histogram. kernels/encode_cuda.py holds the
-// CPU twins.
+// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu/cupy_kernels.py) after pairs.cu,
+// in one module: the fused kernel below reuses pairs.cu's histogram. kernels/gpu_layout.py
+// holds its constants, tests/cuda_oracles.py a CPU emulation.
 //
 // Encoded id of a pixel: 0 for void (category == void_label), else
 //     ((dense category index + 1) << inst_bits) | instance,
@@ -15,7 +15,7 @@
 // Ascending encoded ids order segments by category, then instance, as the host's ids do within
 // a category; the matcher's per-category sums therefore come in the host's order.
 
-// status bits beside pairs.cu's (kernels/pairs_cuda.py names them all); STATUS_ID_OUT_OF_RANGE
+// status bits beside pairs.cu's (kernels/gpu_layout.py names them all); STATUS_ID_OUT_OF_RANGE
 // (pairs.cu) also flags a category or instance outside [0, 2^31)
 #define STATUS_CATEGORY_UNKNOWN 32      // a category neither in the table nor the void label
 #define STATUS_INSTANCE_TOO_LARGE 64    // an instance id >= 2^inst_bits

@@ -1,9 +1,10 @@
 // fastpq GPU kernels: the (gt_id, pred_id) pair histogram of a batch of label maps, its
 // compaction into sorted per-image pair tables, and the per-image matcher (SPEC §2.3-2.5).
 //
-// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu.py): no host headers, extern "C"
-// entry points. The sizes below can be overridden with -D options; fastpq/gpu.py passes the
-// values of kernels/pairs_cuda.py, whose CPU emulation reproduces this file's work split.
+// Built at run time with NVRTC (CuPy RawModule, see fastpq/gpu/cupy_kernels.py): no host
+// headers, extern "C" entry points. The sizes below can be overridden with -D options;
+// fastpq/gpu/cupy_kernels.py passes the values of kernels/gpu_layout.py. tests/cuda_oracles.py
+// holds a CPU emulation of this file's work split.
 //
 // Data layout (B images of N = H*W pixels each, C-contiguous):
 //   gt, pred          (B, N) int32 (or int64) label maps; ids must lie in [0, 2^31).
@@ -40,7 +41,7 @@
 #define FASTPQ_EMPTY_KEY 0xffffffffffffffffull
 #define FASTPQ_HASH_MULTIPLIER 0x9e3779b97f4a7c15ull
 
-// status bits (kernels/pairs_cuda.py names them)
+// status bits (kernels/gpu_layout.py names them)
 #define STATUS_PAIR_TABLE_OVERFLOW 1   // more distinct pairs than the per-image table holds
 #define STATUS_ID_OUT_OF_RANGE 2       // an id < 0 or >= 2^31 in a label map
 #define STATUS_PRED_ID_NOT_LISTED 4    // a non-zero pred id of the map is not in the pred table

@@ -1,7 +1,8 @@
 """The GPU path of the pairs and divisor conventions (kernels/encode.cu, DeviceAccumulator.
 add_encoded): maps encoded to int32 ids on the device, segment tables derived from the pair tables.
 
-On the CPU the glue runs on :class:`EmulatedBackend` and must give the host path's state bitwise;
+On the CPU the glue runs on :class:`cuda_oracles.EmulatedBackend` (passed as ``gpu_backend=``)
+and must give the host path's state bitwise;
 encode.cu runs on CPU threads through the CUDA shim and must equal its emulation; nvcc and NVRTC
 compile it. Tests marked ``gpu`` run the real kernels.
 """
@@ -14,19 +15,20 @@ import pytest
 
 import fastpq
 from fastpq.errors import InputError, SegmentError
-from fastpq.kernels import encode_cuda, pairs_cuda
-from fastpq.kernels.encode_cuda import MODE_DIVISOR, MODE_PAIRS
+from fastpq.gpu.device_state import category_lut
+from fastpq.kernels import gpu_layout
+from fastpq.kernels.gpu_layout import MODE_DIVISOR, MODE_PAIRS
 from conventions import divisor_map, pairs_map
 import test_device_state
-from test_device_state import _torch_cuda, assert_same_state, host_path
+from test_device_state import _torch_cuda, assert_same_state, device_metric
 from cuda_build import build_cpu_shim, nvcc_spills, nvrtc_log
+from cuda_oracles import derive_tables_emulated, encode_emulated, pair_histogram_emulated
 from test_gpu_kernel import CUDA_SHIM, HAS_GPU, SHIM_DRIVER
 
 COCO = fastpq.Categories.coco_panoptic()
-ENCODE_SOURCE = os.path.join(os.path.dirname(pairs_cuda.__file__), "encode.cu")
+ENCODE_SOURCE = os.path.join(os.path.dirname(gpu_layout.__file__), "encode.cu")
 requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
 images = test_device_state.images  # the fixtures of test_device_state.py, shared
-emulated = test_device_state.emulated
 
 
 def encoded(images, kind):
@@ -42,8 +44,7 @@ def options(kind, thing_instance_zero="crowd"):
 
 def host_metric(gts, preds, kind, **extra):
     metric = fastpq.PanopticQuality(COCO, **options(kind, **extra))
-    with host_path():
-        metric.update(gts, preds)
+    metric.update(gts, preds)
     assert metric._device is None
     return metric
 
@@ -52,11 +53,11 @@ def host_metric(gts, preds, kind, **extra):
 
 @pytest.mark.parametrize("kind", ["pairs", "divisor"])
 @pytest.mark.parametrize("thing_instance_zero", ["crowd", "instance"])
-def test_encoded_updates_equal_the_host_path(images, emulated, kind, thing_instance_zero):
+def test_encoded_updates_equal_the_host_path(images, kind, thing_instance_zero):
     gts, preds = encoded(images, kind)
     want = host_metric(gts + gts[:1], preds + preds[:1], kind,
                        thing_instance_zero=thing_instance_zero)
-    metric = fastpq.PanopticQuality(COCO, **options(kind, thing_instance_zero))
+    metric = device_metric(**options(kind, thing_instance_zero))
     metric.update(np.stack(gts[:10]), np.stack(preds[:10]))  # one stacked batch
     metric.update(gts[10:], preds[10:])  # a list of mixed sizes: several batches
     metric.update(gts[0], preds[0])  # one image
@@ -64,7 +65,7 @@ def test_encoded_updates_equal_the_host_path(images, emulated, kind, thing_insta
     assert_same_state(metric, want)
 
 
-def test_crowd_regions_and_void_come_from_the_ids(emulated):
+def test_crowd_regions_and_void_come_from_the_ids():
     """Thing instance 0 in the GT is a crowd region (unmatched predictions over it are not
     false positives); void pixels, whatever their instance, count nowhere."""
     person, sky = 1, 187  # a thing and a stuff category of COCO panoptic
@@ -77,8 +78,9 @@ def test_crowd_regions_and_void_come_from_the_ids(emulated):
     pred[:, 6:10] = (person, 4)  # matches instance 3
     pred[:, 10:] = (sky, 0)  # over void only: ignored
     want = fastpq.evaluate(gt, pred, categories=COCO)
-    metric = fastpq.PanopticQuality(COCO)
+    metric = device_metric()
     metric.update(gt[None], pred[None])
+    assert metric._device is not None
     got = metric.compute()
     assert got.to_dict() == want.to_dict()
     assert got.per_class[person].tp == 1 and got.per_class[person].fp == 0
@@ -86,14 +88,14 @@ def test_crowd_regions_and_void_come_from_the_ids(emulated):
 
 
 @pytest.mark.parametrize("kind", ["pairs", "divisor"])
-def test_unknown_categories_are_segment_errors_at_compute(images, emulated, kind):
+def test_unknown_categories_are_segment_errors_at_compute(images, kind):
     gts, preds = encoded(images[:4], kind)
     bad = preds[1].copy()
     if kind == "pairs":
         bad[:3, :3] = (999, 1)
     else:
         bad[:3, :3] = 999 * 1000 + 1
-    metric = fastpq.PanopticQuality(COCO, **options(kind))
+    metric = device_metric(**options(kind))
     metric.update(gts[:2], [preds[0], bad])  # refused as a whole
     metric.update(gts[2:], preds[2:])
     with pytest.raises(SegmentError, match="image 1 of update 0.*neither in the category table"):
@@ -101,25 +103,25 @@ def test_unknown_categories_are_segment_errors_at_compute(images, emulated, kind
     assert_same_state(metric, host_metric(gts[2:], preds[2:], kind))
 
 
-def test_out_of_range_and_too_large_instances_are_input_errors(images, emulated):
+def test_out_of_range_and_too_large_instances_are_input_errors(images):
     gts, preds = encoded(images[:2], "pairs")
     negative = gts[0].copy()
     negative[0, 0] = (1, -1)
-    metric = fastpq.PanopticQuality(COCO)
+    metric = device_metric()
     metric.update([negative], preds[:1])
     with pytest.raises(InputError, match="outside \\[0, 2\\*\\*31\\)"):
         metric.compute()
     large = gts[0].copy()
-    large[0, 0] = (1, 1 << encode_cuda.instance_bits(len(COCO)))
+    large[0, 0] = (1, 1 << gpu_layout.instance_bits(len(COCO)))
     metric.update([large], preds[:1])
     with pytest.raises(InputError, match="too large for the GPU path"):
         metric.compute()
     assert metric.compute().n_images == 0
 
 
-def test_bad_shapes_are_refused_at_update(images, emulated):
+def test_bad_shapes_are_refused_at_update(images):
     gts, preds = encoded(images[:2], "pairs")
-    metric = fastpq.PanopticQuality(COCO)
+    metric = device_metric()
     with pytest.raises(InputError, match="\\(H, W, 2\\)"):
         metric.update(gts[0][..., :1], preds[0][..., :1])
     with pytest.raises(InputError, match="the ground truth is"):
@@ -129,12 +131,12 @@ def test_bad_shapes_are_refused_at_update(images, emulated):
 
 
 def test_instance_bits_and_lookup_table():
-    assert encode_cuda.instance_bits(133) == 23 and encode_cuda.instance_bits(19) == 26
+    assert gpu_layout.instance_bits(133) == 23 and gpu_layout.instance_bits(19) == 26
     with pytest.raises(ValueError):
-        encode_cuda.instance_bits(1 << 24)
-    lut, is_thing = encode_cuda.category_lut([3, 1, 7], [True, False, True])
+        gpu_layout.instance_bits(1 << 24)
+    lut, is_thing = category_lut([3, 1, 7], [True, False, True])
     assert lut.tolist() == [-1, 1, -1, 0, -1, -1, -1, 2] and is_thing.tolist() == [1, 0, 1]
-    assert encode_cuda.category_lut([-1, 2], [0, 0]) is None
+    assert category_lut([-1, 2], [0, 0]) is None
 
 
 # -- encode.cu itself -----------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def test_fused_encoded_histogram_on_cpu_threads_equals_its_emulation(encode_shim
     emulation's encode-then-histogram, status bits included: unknown categories, values outside
     [0, 2**31), instances too large for the encoding."""
     rng = np.random.default_rng(8)
-    lut, _ = encode_cuda.category_lut([1, 2, 5, 9], [1, 0, 1, 0])
+    lut, _ = category_lut([1, 2, 5, 9], [1, 0, 1, 0])
     inst_bits, n_images, n_pixels, tile = 9, 3, 37 * 29, 300
     categories = rng.choice([0, 1, 2, 5, 9], (n_images, n_pixels))
     instances = rng.integers(0, 6, (n_images, n_pixels))
@@ -204,12 +206,12 @@ def test_fused_encoded_histogram_on_cpu_threads_equals_its_emulation(encode_shim
     else:
         gt[2, 9] = 2000 + too_large
     divisor = 1000 if mode == MODE_DIVISOR else 1
-    g_ids, p_ids, enc_status = encode_cuda.encode_emulated(gt, pred, mode, divisor, 0, lut,
+    g_ids, p_ids, enc_status = encode_emulated(gt, pred, mode, divisor, 0, lut,
                                                            inst_bits)
-    want = pairs_cuda.pair_histogram_emulated(g_ids[:, None], p_ids[:, None], capacity=1024,
+    want = pair_histogram_emulated(g_ids[:, None], p_ids[:, None], capacity=1024,
                                               tile_pixels=tile, vec4=False)
-    cap_log2 = pairs_cuda.capacity_log2(1024)
-    keys = np.full((n_images, 1 << cap_log2), pairs_cuda.EMPTY_KEY, np.uint64)
+    cap_log2 = gpu_layout.capacity_log2(1024)
+    keys = np.full((n_images, 1 << cap_log2), gpu_layout.EMPTY_KEY, np.uint64)
     counts = np.zeros_like(keys)
     status = np.zeros(n_images, np.int32)
     ll, i32 = ctypes.c_longlong, ctypes.c_int
@@ -229,8 +231,8 @@ def test_fused_encoded_histogram_on_cpu_threads_equals_its_emulation(encode_shim
             np.testing.assert_array_equal(got[b, :n], expected[b, :n])
     np.testing.assert_array_equal(status, want.status | enc_status)
     assert status.tolist() == [
-        0, pairs_cuda.STATUS_CATEGORY_UNKNOWN,
-        pairs_cuda.STATUS_ID_OUT_OF_RANGE | pairs_cuda.STATUS_INSTANCE_TOO_LARGE]
+        0, gpu_layout.STATUS_CATEGORY_UNKNOWN,
+        gpu_layout.STATUS_ID_OUT_OF_RANGE | gpu_layout.STATUS_INSTANCE_TOO_LARGE]
 
 
 def test_derive_cu_on_cpu_threads_equals_its_emulation(encode_shim):
@@ -241,9 +243,9 @@ def test_derive_cu_on_cpu_threads_equals_its_emulation(encode_shim):
                    np.int32)
     gt = rng.choice(ids, (4, 40 * 30)).astype(np.int32)
     pred = rng.choice(ids, (4, 40 * 30)).astype(np.int32)
-    pairs = pairs_cuda.pair_histogram_emulated(gt, pred, capacity=128)
+    pairs = pair_histogram_emulated(gt, pred, capacity=128)
     for crowd_rule in (True, False):
-        want_gt, want_pred = encode_cuda.derive_tables_emulated(pairs, inst_bits, is_thing,
+        want_gt, want_pred = derive_tables_emulated(pairs, inst_bits, is_thing,
                                                                 crowd_rule)
         n_images, cap = pairs.gt.shape
         out = [np.full((n_images, cap), -7, np.int32) for _ in range(6)]
@@ -278,7 +280,7 @@ def test_encode_cu_compiles_without_warnings_or_spills(tmp_path, arch):
 def test_encode_cu_compiles_with_nvrtc():
     from fastpq.gpu.cupy_kernels import encoded_module_source
 
-    options = ["-arch=compute_80", *pairs_cuda.nvrtc_options()]
+    options = ["-arch=compute_80", *gpu_layout.nvrtc_options()]
     assert nvrtc_log(encoded_module_source(), "pairs_and_encode.cu", options) == ""
 
 

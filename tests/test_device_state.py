@@ -1,16 +1,17 @@
-"""The streaming metric's GPU path (fastpq/device_state.py, kernels/accumulate.cu).
+"""The streaming metric's GPU path (fastpq/gpu/device_state.py, kernels/accumulate.cu).
 
-On the CPU, the metric's device glue runs with :class:`EmulatedBackend` (the kernels' CPU
-emulations on NumPy arrays) and must give the host path's numbers exactly: tp/fp/fn equal and the
+On the CPU, the metric's device glue runs with :class:`cuda_oracles.EmulatedBackend` (the
+kernels' CPU emulations on NumPy arrays, passed as ``PanopticQuality(..., gpu_backend=...)``)
+and must give the host path's numbers exactly: tp/fp/fn equal and the
 double-double IoU sums bitwise equal, across update splits, reads in between, merges, pickling and
 refusals. ``accumulate.cu`` itself runs on CPU threads through the CUDA shim of
 test_gpu_kernel.py and is compiled by nvcc/NVRTC. Tests marked ``gpu`` run the real thing.
 """
 
-import contextlib
 import ctypes
 import os
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -20,20 +21,22 @@ import fastpq
 from fastpq.gpu import device_state
 from fastpq.datasets import synthetic
 from fastpq.core.accumulator import PQAccumulator
-from fastpq.gpu.device_state import EmulatedBackend, RefusedUpdates, accumulate_partials_host
+from fastpq.gpu.device_state import RefusedUpdates
 from fastpq.errors import InputError, SegmentError
-from fastpq.kernels import pairs_cuda
-from fastpq.kernels.pairs_cuda import (
+from fastpq.kernels import gpu_layout
+from fastpq.kernels.gpu_layout import (
+    RECORD_FIELDS,
     STATUS_ID_OUT_OF_RANGE,
     STATUS_PAIR_TABLE_OVERFLOW,
     STATUS_PRED_ID_NOT_LISTED,
     MatchPartials,
 )
 from cuda_build import build_cpu_shim, nvcc_spills, nvrtc_log
+from cuda_oracles import EmulatedBackend, accumulate_partials_host
 from test_gpu_kernel import CUDA_SHIM, HAS_GPU
 
 COCO = fastpq.Categories.coco_panoptic()
-ACCUMULATE_SOURCE = os.path.join(os.path.dirname(pairs_cuda.__file__), "accumulate.cu")
+ACCUMULATE_SOURCE = os.path.join(os.path.dirname(gpu_layout.__file__), "accumulate.cu")
 requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
 
 
@@ -51,39 +54,19 @@ def columns(images):
     return tuple(list(x) for x in zip(*images))
 
 
-@contextlib.contextmanager
-def host_path():
-    """Updates inside take the host path, also under the ``emulated`` fixture."""
-    saved = device_state.device_backend
-    device_state.device_backend = lambda gt, pred: None
-    try:
-        yield
-    finally:
-        device_state.device_backend = saved
-
-
 def host_metric(images):
     metric = fastpq.PanopticQuality(COCO)
     gts, gsegs, preds, psegs = columns(images)
-    with host_path():
-        metric.update(gts, preds, gt_segments=gsegs, pred_segments=psegs)
+    metric.update(gts, preds, gt_segments=gsegs, pred_segments=psegs)
     assert metric._device is None
     return metric
 
 
-@pytest.fixture
-def emulated(monkeypatch):
-    """Every update goes through the device glue, on the CPU emulation of the kernels."""
-    backends = []
-
-    def use(**options):
-        backend = EmulatedBackend(**options)
-        monkeypatch.setattr(device_state, "device_backend", lambda gt, pred: backend)
-        backends.append(backend)
-        return backend
-
-    use()
-    return use
+def device_metric(*, histogram_options=None, **options):
+    """A PanopticQuality whose updates all go through the device glue, host maps included, on
+    the CPU emulation of the kernels (``histogram_options``: see ``EmulatedBackend``)."""
+    backend = EmulatedBackend(**(histogram_options or {}))
+    return fastpq.PanopticQuality(COCO, gpu_backend=backend, **options)
 
 
 def assert_same_state(metric, expected):
@@ -111,17 +94,18 @@ def feed(metric, images, splits, *, stacked=False):
 # -- the glue on the CPU emulation ----------------------------------------------------------------
 
 @pytest.mark.parametrize("splits", [[24], list(range(1, 25)), [5, 10, 17, 18, 24], [7, 18, 24]])
-def test_device_glue_equals_host_path(images, emulated, splits):
-    metric = feed(fastpq.PanopticQuality(COCO), images, splits)
+def test_device_glue_equals_host_path(images, splits):
+    metric = feed(device_metric(), images, splits)
     assert metric._device is not None  # the state lives on the (emulated) device
     expected = host_metric(images)
     assert metric._device.n_images == len(images)
     assert_same_state(metric, expected)
 
 
-def test_stacked_batches_rgb_maps_and_kernel_work_splits(images, emulated):
-    emulated(tile_pixels=388, shared_log2=3, shared_max_probe=2)  # the overflow paths
-    metric = fastpq.PanopticQuality(COCO)
+def test_stacked_batches_rgb_maps_and_kernel_work_splits(images):
+    # small tiles and shared tables: the overflow paths
+    metric = device_metric(histogram_options=dict(tile_pixels=388, shared_log2=3,
+                                                  shared_max_probe=2))
     feed(metric, images[:18], [6, 12], stacked=True)
     gts, gsegs, preds, psegs = columns(images[12:18])
     rgb = [np.stack([(m >> s) & 255 for s in (0, 8, 16)], axis=-1).astype(np.uint8)
@@ -129,14 +113,12 @@ def test_stacked_batches_rgb_maps_and_kernel_work_splits(images, emulated):
     metric.update(rgb[0], preds[0], gt_segments=gsegs[0], pred_segments=psegs[0])
     metric.update(np.stack(rgb[1:]), np.stack(preds[1:]), gt_segments=gsegs[1:],
                   pred_segments=psegs[1:])
-    with host_path():
-        expected = feed(fastpq.PanopticQuality(COCO), images[:18] + images[12:18],
-                        [6, 12, 13, 18])
+    expected = feed(fastpq.PanopticQuality(COCO), images[:18] + images[12:18], [6, 12, 13, 18])
     assert_same_state(metric, expected)
 
 
-def test_reads_in_between_keep_the_bits(images, emulated):
-    metric = fastpq.PanopticQuality(COCO)
+def test_reads_in_between_keep_the_bits(images):
+    metric = device_metric()
     start = 0
     for stop in (3, 9, 10, 16, 24):
         feed(metric, images[start:stop], [stop - start])
@@ -144,38 +126,38 @@ def test_reads_in_between_keep_the_bits(images, emulated):
             metric.compute()  # the state comes back to the host, then goes to the device again
             assert metric._device is None
         start = stop
-    with pytest.MonkeyPatch.context() as host:
-        host.setattr(device_state, "device_backend", lambda gt, pred: None)
-        with host_path():
-            expected = feed(fastpq.PanopticQuality(COCO), images, [3, 9, 10, 16, 24])
+    expected = feed(fastpq.PanopticQuality(COCO), images, [3, 9, 10, 16, 24])
     assert_same_state(metric, expected)
 
 
-def test_host_and_device_updates_mix(images, emulated, monkeypatch):
-    metric = feed(fastpq.PanopticQuality(COCO), images[:10], [4, 10])
-    monkeypatch.setattr(device_state, "device_backend", lambda gt, pred: None)
-    feed(metric, images[10:15], [15 - 10])  # host maps: the state comes back first
+def test_host_and_device_updates_mix(images):
+    metric = feed(device_metric(), images[:10], [4, 10])
+    assert metric._device is not None
+    metric.gpu_backend.on_device = False  # host maps: the state comes back first
+    feed(metric, images[10:15], [15 - 10])
     assert metric._device is None
-    emulated()
+    metric.gpu_backend.on_device = True
     feed(metric, images[15:], [24 - 15])
+    assert metric._device is not None
     assert_same_state(metric, host_metric(images))
 
 
-def test_merge_state_dict_pickle_reset(images, emulated):
+def test_merge_state_dict_pickle_reset(images):
     expected = host_metric(images)
-    first = feed(fastpq.PanopticQuality(COCO), images[:11], [5, 11])
-    second = feed(fastpq.PanopticQuality(COCO), images[11:], [24 - 11])
+    first = feed(device_metric(), images[:11], [5, 11])
+    second = feed(device_metric(), images[11:], [24 - 11])
     assert first.merge(second) is first
     assert first.compute().to_dict() == expected.compute().to_dict()
 
-    metric = feed(fastpq.PanopticQuality(COCO), images[:13], [13])
+    metric = feed(device_metric(), images[:13], [13])
     clone = pickle.loads(pickle.dumps(metric))
     assert clone._device is None and clone.pair_capacity == metric.pair_capacity
     feed(clone, images[13:], [24 - 13])
+    assert clone._device is not None  # the unpickled metric keeps its backend
     assert_same_state(clone, expected)
 
-    metric = feed(fastpq.PanopticQuality(COCO), images[:13], [13])
-    restored = fastpq.PanopticQuality(COCO)
+    metric = feed(device_metric(), images[:13], [13])
+    restored = device_metric()
     restored.load_state_dict(metric.state_dict())
     feed(restored, images[13:], [24 - 13])
     assert_same_state(restored, expected)
@@ -191,14 +173,14 @@ def _without(segments, segment_id):
     return [s for s in segments if s["id"] != segment_id]
 
 
-def test_overflow_is_raised_at_compute_naming_update_and_image(images, emulated):
+def test_overflow_is_raised_at_compute_naming_update_and_image(images):
     gts, gsegs, preds, psegs = columns(images[:6])
     assert max(len(np.unique(g.astype(np.int64) << 32 | p)) for g, p in zip(gts, preds)) <= 128
     noisy = preds[4].copy()
     listed = [s["id"] for s in psegs[4]]
     noisy.ravel()[:] = np.random.default_rng(0).choice(listed, noisy.size)
     assert len(np.unique(gts[4].astype(np.int64) << 32 | noisy)) > 128
-    metric = fastpq.PanopticQuality(COCO, pair_capacity=100)  # 128 pairs
+    metric = device_metric(pair_capacity=100)  # 128 pairs
     metric.update(gts[:3], preds[:3], gt_segments=gsegs[:3], pred_segments=psegs[:3])
     metric.update(gts[3:], preds[3:4] + [noisy] + preds[5:6], gt_segments=gsegs[3:],
                   pred_segments=psegs[3:])
@@ -212,9 +194,9 @@ def test_overflow_is_raised_at_compute_naming_update_and_image(images, emulated)
     assert result.to_dict() == host_metric(images[:3]).compute().to_dict()
 
 
-def test_segment_mismatches_are_segment_errors(images, emulated):
+def test_segment_mismatches_are_segment_errors(images):
     gts, gsegs, preds, psegs = columns(images[:4])
-    metric = fastpq.PanopticQuality(COCO)
+    metric = device_metric()
     unlisted = psegs[2][0]["id"]
     metric.update(gts, preds, gt_segments=gsegs,
                   pred_segments=psegs[:2] + [_without(psegs[2], unlisted)] + psegs[3:])
@@ -231,11 +213,11 @@ def test_segment_mismatches_are_segment_errors(images, emulated):
     assert_same_state(metric, host_metric(images[:1]))
 
 
-def test_several_refused_updates_and_ids_out_of_range(images, emulated):
+def test_several_refused_updates_and_ids_out_of_range(images):
     gts, gsegs, preds, psegs = columns(images[:3])
     negative = gts[1].astype(np.int64)
     negative[0, 0] = -5
-    metric = fastpq.PanopticQuality(COCO)
+    metric = device_metric()
     metric.update(gts[:1], preds[:1], gt_segments=gsegs[:1], pred_segments=psegs[:1])
     metric.update([gts[0], negative], preds[:2], gt_segments=gsegs[:2], pred_segments=psegs[:2])
     metric.update(gts[2:], preds[2:], gt_segments=gsegs[2:],
@@ -247,20 +229,20 @@ def test_several_refused_updates_and_ids_out_of_range(images, emulated):
     assert metric.compute().n_images == 1
 
 
-def test_a_refused_image_refuses_its_whole_update_across_shapes(images, emulated):
+def test_a_refused_image_refuses_its_whole_update_across_shapes(images):
     # images 18.. have other sizes: the update runs as several device batches
     gts, gsegs, preds, psegs = columns(images[16:22])
     psegs[4] = _without(psegs[4], psegs[4][0]["id"])
-    metric = fastpq.PanopticQuality(COCO)
+    metric = device_metric()
     metric.update(gts, preds, gt_segments=gsegs, pred_segments=psegs)
     with pytest.raises(SegmentError, match="image 4 of update 0"):
         metric.compute()
     assert metric.compute().n_images == 0 and metric.compute().tp.sum() == 0
 
 
-def test_host_side_refusals_raise_at_update_and_add_nothing(images, emulated):
+def test_host_side_refusals_raise_at_update_and_add_nothing(images):
     gts, gsegs, preds, psegs = columns(images[:3])
-    metric = feed(fastpq.PanopticQuality(COCO), images[:2], [2])
+    metric = feed(device_metric(), images[:2], [2])
     bad = [dict(s) for s in psegs[1]]
     bad[0]["category_id"] = 100_000
     with pytest.raises(SegmentError, match="image 1: .*unknown category_id 100000"):
@@ -334,6 +316,42 @@ def test_device_backend_selection(images):
                                     [FakeDeviceArray(preds[0]), preds[1]])
 
 
+def test_import_fastpq_loads_no_gpu_module_nor_oracle():
+    """The GPU path is imported on first use; the CPU oracles of the kernels live in tests/."""
+    code = ("import sys, fastpq; metric = fastpq.PanopticQuality('coco'); "
+            "print(sorted(m for m in sys.modules if 'cuda' in m or 'cupy' in m "
+            "or m.startswith('fastpq.gpu')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(fastpq.__file__)), timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+    shipped = os.listdir(os.path.dirname(gpu_layout.__file__))
+    assert not [name for name in shipped if "emulat" in name or "oracle" in name or
+                name in ("pairs_cuda.py", "encode_cuda.py")]
+
+
+def test_gpu_backend_is_passed_in(images):
+    """``gpu_backend`` picks the path of each update: None from it is the host path."""
+    gts, gsegs, preds, psegs = columns(images[:4])
+    seen = []
+
+    def host_only(gt, pred):
+        seen.append((gt, pred))
+        return None
+
+    metric = fastpq.PanopticQuality(COCO, gpu_backend=host_only)
+    metric.update(gts, preds, gt_segments=gsegs, pred_segments=psegs)
+    assert seen == [(gts, preds)] and metric._device is None
+    assert_same_state(metric, host_metric(images[:4]))
+    metric = device_metric()
+    metric.update(gts[:2], preds[:2], gt_segments=gsegs[:2], pred_segments=psegs[:2])
+    assert metric._device is not None and metric._device.backend is metric.gpu_backend
+    metric.update(gts[2:], preds[2:], gt_segments=gsegs[2:], pred_segments=psegs[2:],
+                  per_image=True)  # the host path: the state comes back first
+    assert metric._device is None
+    assert_same_state(metric, host_metric(images[:4]))
+
+
 def test_evaluate_copies_device_maps_to_the_host_once_per_batch(images, monkeypatch):
     fake = FakeCupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
@@ -379,7 +397,7 @@ def random_partials(rng, n_images, n_categories, *, refused=()):
 def empty_state(n_categories):
     return (np.zeros(n_categories, np.int64), np.zeros(n_categories, np.int64),
             np.zeros(n_categories, np.int64), np.zeros(n_categories), np.zeros(n_categories),
-            np.zeros(device_state.RECORD_FIELDS, np.int64))
+            np.zeros(RECORD_FIELDS, np.int64))
 
 
 def test_host_twin_is_the_accumulator_bit_for_bit():
@@ -455,7 +473,7 @@ def test_accumulate_cu_compiles_without_warnings_or_spills(tmp_path, arch):
 def test_accumulate_cu_compiles_with_nvrtc():
     from fastpq.gpu.cupy_kernels import accumulate_source
 
-    options = ["-arch=compute_80", *pairs_cuda.nvrtc_options()]
+    options = ["-arch=compute_80", *gpu_layout.nvrtc_options()]
     assert nvrtc_log(accumulate_source(), "accumulate.cu", options) == ""
 
 

@@ -1,9 +1,10 @@
-"""The GPU pair histogram and matcher (kernels/pairs.cu, fastpq/gpu.py).
+"""The GPU pair histogram and matcher (kernels/pairs.cu, fastpq/gpu/cupy_kernels.py).
 
 Without a GPU the CUDA code is checked three ways: it compiles cleanly (nvcc for sm_80/sm_90,
-NVRTC through CuPy), its CPU emulation (same work split) equals ``np.unique`` / a direct port of
-panopticapi, and its numba.cuda twin does too under the CUDA simulator. Tests marked ``gpu`` run
-the real kernels and are skipped without CuPy and a CUDA device.
+NVRTC through CuPy), the real source runs on CPU threads under g++ with a CUDA shim and equals
+``np.unique`` / a direct port of panopticapi (the main oracle), and so does its CPU emulation
+(same work split, tests/cuda_oracles.py), which the device-state tests run on. Tests marked
+``gpu`` run the real kernels and are skipped without CuPy and a CUDA device.
 """
 
 from __future__ import annotations
@@ -12,26 +13,25 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-from fastpq.kernels import pairs_cuda
-from cuda_build import NVCC, build_cpu_shim, nvcc_spills, nvrtc_log
-from fastpq.kernels.pairs_cuda import (
+from fastpq.gpu.cupy_kernels import batch_label_maps, uses_vec4
+from fastpq.gpu.device_state import pad_segment_tables
+from fastpq.kernels import gpu_layout
+from fastpq.kernels.gpu_layout import (
     STATUS_ID_OUT_OF_RANGE,
     STATUS_PAIR_TABLE_OVERFLOW,
     STATUS_PRED_CATEGORY_UNKNOWN,
     STATUS_PRED_ID_NOT_LISTED,
     STATUS_PRED_SEGMENT_ABSENT,
     SegmentTables,
-    match_emulated,
-    pad_segment_tables,
-    pair_histogram_emulated,
 )
+from cuda_build import NVCC, build_cpu_shim, nvcc_spills, nvrtc_log
+from cuda_oracles import match_emulated, pair_histogram_emulated
 
-SOURCE = pairs_cuda.__file__.replace("pairs_cuda.py", "pairs.cu")
+SOURCE = os.path.join(os.path.dirname(gpu_layout.__file__), "pairs.cu")
 
 
 def _has_gpu() -> bool:
@@ -272,26 +272,36 @@ def test_nvcc_compiles_without_warnings_or_spills(tmp_path, arch, defines):
 def test_nvrtc_compiles_without_messages(arch):
     from fastpq.gpu.cupy_kernels import cuda_source
 
-    assert nvrtc_log(cuda_source(), "pairs.cu", [f"-arch={arch}", *pairs_cuda.nvrtc_options()]) == ""
+    options = [f"-arch={arch}", *gpu_layout.nvrtc_options()]
+    assert nvrtc_log(cuda_source(), "pairs.cu", options) == ""
 
 
-def test_source_defaults_match_the_emulation():
-    """The emulation's constants are the .cu defaults (fastpq.gpu.cupy_kernels also passes them as -D)."""
-    source = open(SOURCE, encoding="utf-8").read()
+def test_source_defaults_match_the_layout_module():
+    """fastpq.kernels.gpu_layout's constants are the .cu defaults (fastpq.gpu.cupy_kernels also
+    passes the sizes as -D options)."""
+    folder = os.path.dirname(SOURCE)
 
-    def define(name):
-        return int(re.search(rf"#define {name} (\w+)", source).group(1), 0)
+    def define(name, file="pairs.cu"):
+        with open(os.path.join(folder, file), encoding="utf-8") as source:
+            found = re.search(rf"#define {name} (0x[0-9a-fA-F]+|\d+)", source.read())
+        return int(found.group(1), 0)
 
-    assert define("FASTPQ_BLOCK_THREADS") == pairs_cuda.BLOCK_THREADS
-    assert define("FASTPQ_SHARED_LOG2") == pairs_cuda.SHARED_LOG2
-    assert define("FASTPQ_SHARED_MAX_PROBE") == pairs_cuda.SHARED_MAX_PROBE
-    assert define("FASTPQ_RANK_TILE") == pairs_cuda.RANK_TILE
-    assert define("FASTPQ_MATCH_THREADS") == pairs_cuda.MATCH_THREADS
-    assert int(re.search(r"FASTPQ_HASH_MULTIPLIER (0x\w+)ull", source).group(1), 16) == int(
-        pairs_cuda.HASH_MULTIPLIER)
+    assert define("FASTPQ_BLOCK_THREADS") == gpu_layout.BLOCK_THREADS
+    assert define("FASTPQ_SHARED_LOG2") == gpu_layout.SHARED_LOG2
+    assert define("FASTPQ_SHARED_MAX_PROBE") == gpu_layout.SHARED_MAX_PROBE
+    assert define("FASTPQ_RANK_TILE") == gpu_layout.RANK_TILE
+    assert define("FASTPQ_MATCH_THREADS") == gpu_layout.MATCH_THREADS
+    assert define("FASTPQ_EMPTY_KEY") == int(gpu_layout.EMPTY_KEY)
+    assert define("FASTPQ_HASH_MULTIPLIER") == int(gpu_layout.HASH_MULTIPLIER)
     for name in ("PAIR_TABLE_OVERFLOW", "ID_OUT_OF_RANGE", "PRED_ID_NOT_LISTED",
                  "PRED_SEGMENT_ABSENT", "PRED_CATEGORY_UNKNOWN"):
-        assert define(f"STATUS_{name}") == getattr(pairs_cuda, f"STATUS_{name}")
+        assert define(f"STATUS_{name}") == getattr(gpu_layout, f"STATUS_{name}")
+    for name in ("STATUS_CATEGORY_UNKNOWN", "STATUS_INSTANCE_TOO_LARGE", "MODE_PAIRS",
+                 "MODE_DIVISOR"):
+        assert define(name, "encode.cu") == getattr(gpu_layout, name)
+    assert define("FASTPQ_ACCUMULATE_THREADS", "accumulate.cu") == gpu_layout.ACCUMULATE_THREADS
+    bits = sum(gpu_layout.STATUS_MESSAGES)
+    assert sorted(gpu_layout.STATUS_MESSAGES) == [1 << k for k in range(bits.bit_length())]
 
 
 def test_cuda_source_is_package_data():
@@ -305,7 +315,8 @@ def test_missing_cupy_names_the_extra(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
     with pytest.raises(ImportError, match=r"pip install fastpq\[gpu\]"):
-        fastpq.gpu.cupy_kernels.pair_histogram_batch(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32))
+        fastpq.gpu.cupy_kernels.pair_histogram_batch(np.zeros((2, 2), np.int32),
+                                                     np.zeros((2, 2), np.int32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,68 +595,7 @@ def test_match_emulation_status_bits():
 
 
 # ---------------------------------------------------------------------------------------------
-# (c) the numba.cuda twin under the CUDA simulator (a subprocess: the variable must not leak)
-# ---------------------------------------------------------------------------------------------
-
-SIMULATOR_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    try:
-        from numba import cuda  # noqa: F401
-    except ImportError:
-        print("SKIP numba.cuda is not installed (pip install numba-cuda)")
-        sys.exit(0)
-    from fastpq.kernels.pairs_cuda import (STATUS_PAIR_TABLE_OVERFLOW, pair_histogram_emulated,
-                                           pair_histogram_twin)
-
-    def check(gt, pred, **sizes):
-        twin = pair_histogram_twin(gt, pred, **sizes)
-        emulated = pair_histogram_emulated(gt, pred, **sizes)
-        for b in range(len(gt)):
-            g = gt[b].astype(np.int64).ravel()
-            p = pred[b].astype(np.int64).ravel()
-            keys, counts = np.unique((g << 32) | p, return_counts=True)
-            n = int(twin.n_pairs[b])
-            assert twin.status[b] == emulated.status[b] == 0, (twin.status, emulated.status)
-            assert n == len(keys) == emulated.n_pairs[b], (n, len(keys))
-            assert (twin.gt[b, :n] == keys >> 32).all()
-            assert (twin.pred[b, :n] == keys & 0xFFFFFFFF).all()
-            assert (twin.count[b, :n] == counts).all()
-
-    rng = np.random.default_rng(0)
-    small = dict(block_threads=32, shared_log2=3, shared_max_probe=2, capacity=64)
-    gt = rng.integers(0, 3, (2, 5, 7)).astype(np.int32)
-    pred = rng.integers(0, 4, (2, 5, 7)).astype(np.int32)
-    check(gt, pred, tile_pixels=12, **small)                      # tile remainders
-    gt = rng.integers(0, 6, (1, 6, 9)).astype(np.int64)
-    pred = rng.integers(0, 7, (1, 6, 9)).astype(np.int64)
-    check(gt, pred, tile_pixels=32, **small)                      # shared overflow -> global
-    check(gt, pred, tile_pixels=64, block_threads=32, shared_log2=1, shared_max_probe=1,
-          capacity=64)
-    gt = np.arange(90, dtype=np.int32).reshape(1, 9, 10)           # 90 pairs > 64 slots
-    twin = pair_histogram_twin(gt, gt, tile_pixels=48, **small)
-    assert twin.status[0] & STATUS_PAIR_TABLE_OVERFLOW, twin.status
-    bad = np.ones((1, 2, 3), np.int64)
-    bad[0, 1, 1] = -5
-    assert pair_histogram_twin(bad, bad, **small).status[0] == 2
-    print("OK")
-    """
-)
-
-
-def test_numba_cuda_twin_under_simulator():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    run = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", SIMULATOR_SCRIPT],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
-    if run.stdout.startswith("SKIP"):
-        pytest.skip(run.stdout[5:].strip())
-    assert run.stdout.strip().endswith("OK"), run.stdout + run.stderr
-
-
-# ---------------------------------------------------------------------------------------------
-# (c2) pairs.cu itself on CPU threads: a small shim maps the CUDA built-ins it uses onto
+# (c) pairs.cu itself on CPU threads: a small shim maps the CUDA built-ins it uses onto
 # std::thread (one per CUDA thread, blocks one at a time), std::barrier (__syncthreads, and the
 # warp intrinsics, which all 32 lanes reach together in these kernels) and GCC atomics, so the
 # real source, races and all, runs under g++ and is compared with np.unique and the reference.
@@ -829,7 +779,8 @@ SHIM_BUILDS = {
 
 
 class ShimKernels:
-    """ctypes front of the shim build: the three kernels with fastpq.gpu.cupy_kernels's argument handling."""
+    """ctypes front of the shim build: the three kernels with fastpq.gpu.cupy_kernels's argument
+    handling."""
 
     def __init__(self, library):
         self.lib = library
@@ -837,12 +788,12 @@ class ShimKernels:
     def histogram(self, gt, pred, *, capacity=1024, tile_pixels=1000, vec4=None):
         import ctypes
 
-        gt2d, pred2d = pairs_cuda.batch_label_maps(np.asarray(gt), np.asarray(pred), np)
+        gt2d, pred2d = batch_label_maps(np.asarray(gt), np.asarray(pred), np)
         n_images, n_pixels = gt2d.shape
-        cap_log2 = pairs_cuda.capacity_log2(capacity)
+        cap_log2 = gpu_layout.capacity_log2(capacity)
         if vec4 is None:
-            vec4 = pairs_cuda.uses_vec4(gt2d, pred2d, tile_pixels, True)
-        keys = np.full((n_images, 1 << cap_log2), pairs_cuda.EMPTY_KEY, np.uint64)
+            vec4 = uses_vec4(gt2d, pred2d, tile_pixels, True)
+        keys = np.full((n_images, 1 << cap_log2), gpu_layout.EMPTY_KEY, np.uint64)
         counts = np.zeros_like(keys)
         status = np.zeros(n_images, np.int32)
         ll, i32 = ctypes.c_longlong, ctypes.c_int
@@ -859,7 +810,7 @@ class ShimKernels:
         self.lib.run_compact(ll(n_images), _ptr(keys), _ptr(counts), i32(cap_log2),
                              _ptr(scratch_keys), _ptr(scratch_counts), _ptr(pair_gt),
                              _ptr(pair_pred), _ptr(pair_count), _ptr(n_pairs))
-        return pairs_cuda.PairTables(pair_gt, pair_pred, pair_count, n_pairs, status)
+        return gpu_layout.PairTables(pair_gt, pair_pred, pair_count, n_pairs, status)
 
     def match(self, tables, gt_segments, pred_segments, n_categories):
         import ctypes
@@ -869,7 +820,7 @@ class ShimKernels:
         from_pixels = gt_segments.area is None
         c = np.ascontiguousarray
         per_category = (n_images, n_categories)
-        out = pairs_cuda.MatchPartials(
+        out = gpu_layout.MatchPartials(
             np.zeros(per_category, np.int64), np.zeros(per_category, np.int64),
             np.zeros(per_category, np.int64), np.zeros(per_category),
             np.zeros((n_images, cap)), np.zeros((n_images, cap), np.int32),
@@ -938,6 +889,29 @@ def test_cuda_source_on_cpu_threads_status(shim):
     bad[1, 2, 2] = 1 << 31
     assert shim.histogram(bad, np.ones_like(bad)).status.tolist() == [
         STATUS_ID_OUT_OF_RANGE, STATUS_ID_OUT_OF_RANGE, 0]
+
+
+def test_cuda_source_on_cpu_threads_tile_remainders_and_tiny_tables(shim):
+    """Tiles that end inside a warp's span, int64 maps, shared tables that overflow into the
+    global table, a global table that overflows, ids out of range: each build of the shim."""
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 3, (2, 5, 7)).astype(np.int32)
+    pred = rng.integers(0, 4, (2, 5, 7)).astype(np.int32)
+    assert_tables_equal_unique(shim.histogram(gt, pred, capacity=64, tile_pixels=12), gt, pred)
+    gt = rng.integers(0, 6, (1, 6, 9)).astype(np.int64)
+    pred = rng.integers(0, 7, (1, 6, 9)).astype(np.int64)
+    for tile_pixels in (32, 64):
+        tables = shim.histogram(gt, pred, capacity=64, tile_pixels=tile_pixels)
+        assert_tables_equal_unique(tables, gt, pred)
+        emulated = pair_histogram_emulated(gt, pred, capacity=64, tile_pixels=tile_pixels)
+        assert tables.status.tolist() == emulated.status.tolist() == [0]
+        assert tables.n_pairs.tolist() == emulated.n_pairs.tolist()
+    ids = np.arange(90, dtype=np.int32).reshape(1, 9, 10)  # 90 pairs > 64 slots
+    assert shim.histogram(ids, ids, capacity=64, tile_pixels=48).status[0] & (
+        STATUS_PAIR_TABLE_OVERFLOW)
+    bad = np.ones((1, 2, 3), np.int64)
+    bad[0, 1, 1] = -5
+    assert shim.histogram(bad, bad, capacity=64).status.tolist() == [STATUS_ID_OUT_OF_RANGE]
 
 
 @pytest.mark.parametrize("json_areas", [False, True])
@@ -1106,19 +1080,17 @@ def _host(tables):
 
 @gpu
 @requires_gpu
-def test_numba_cuda_twin_on_the_gpu():
-    cuda = pytest.importorskip("numba.cuda")
-    if not cuda.is_available():
-        pytest.skip("numba-cuda sees no GPU")
+def test_gpu_histogram_tile_sizes_of_other_block_counts():
+    """Tiles of 1000 and 1200 pixels (not multiples of a block's span) on the device."""
+    import cupy as cp
+
+    from fastpq.gpu.cupy_kernels import pair_histogram_batch
+
     rng = np.random.default_rng(32)
     gt, pred = voronoi_maps(rng, (3, 64, 80))
-    try:
-        tables = pairs_cuda.pair_histogram_twin(gt, pred, tile_pixels=1000)
-    except AttributeError as error:  # numba-cuda 0.2x with NumPy >= 2.5 (np.row_stack is gone)
-        if "row_stack" not in str(error):
-            raise
-        pytest.skip(f"this numba-cuda cannot compile kernels with NumPy {np.__version__}: {error}")
-    assert_tables_equal_unique(tables, gt, pred)
+    tables = pair_histogram_batch(cp.asarray(gt), cp.asarray(pred), tile_pixels=1000)
+    assert_tables_equal_unique(_get(tables), gt, pred)
     gt, pred = random_maps(rng, (2, 60, 70), 60, 70)
-    tables = pairs_cuda.pair_histogram_twin(gt, pred, capacity=8192, tile_pixels=1200)
-    assert_tables_equal_unique(tables, gt, pred)
+    tables = pair_histogram_batch(cp.asarray(gt), cp.asarray(pred), capacity=8192,
+                                  tile_pixels=1200)
+    assert_tables_equal_unique(_get(tables), gt, pred)

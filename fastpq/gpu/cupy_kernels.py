@@ -24,29 +24,29 @@ from importlib import resources
 
 import numpy as np
 
-from fastpq.kernels.pairs_cuda import (
+from fastpq.kernels.gpu_layout import (
+    ACCUMULATE_THREADS,
     BLOCK_THREADS,
     DEFAULT_CAPACITY,
     DEFAULT_TILE_PIXELS,
     MATCH_THREADS,
     MAX_CAPACITY,
     MAX_GRID_Y,
+    MODE_PAIRS,
     STATUS_PAIR_TABLE_OVERFLOW,
     MatchPartials,
     PairTables,
     SegmentTables,
-    batch_label_maps,
     capacity_log2,
     check_tile_pixels,
     nvrtc_options,
-    uses_vec4,
 )
 
 __all__ = [
     "CupyBackend", "MatchPartials", "PairTables", "SegmentTables", "accumulate_partials",
-    "accumulate_source", "cuda_source", "derive_segment_tables", "encode_source",
-    "encoded_module_source", "match_batch", "pair_histogram_batch", "pair_histogram_encoded",
-    "pair_histogram_retrying",
+    "accumulate_source", "batch_label_maps", "compiled_kernel", "cuda_source",
+    "derive_segment_tables", "encode_source", "encoded_module_source", "match_batch",
+    "pair_histogram_batch", "pair_histogram_encoded", "pair_histogram_retrying", "uses_vec4",
 ]
 
 _INSTALL_HINT = "fastpq's GPU path needs CuPy: pip install fastpq[gpu]"
@@ -84,9 +84,29 @@ def _cupy():
     return cupy
 
 
-def _kernel(cp, name: str, source=cuda_source):
-    """A kernel of pairs.cu (or of another ``source``), compiled once per device (RawModule,
-    NVRTC)."""
+def compiled_kernel(name: str, source=cuda_source):
+    """The kernel ``name`` of ``source()`` (default: ``pairs.cu``), built with NVRTC at the
+    sizes of :func:`~fastpq.kernels.gpu_layout.nvrtc_options`, once per device and source (a
+    CuPy RawModule), for the current device.
+
+    Parameters
+    ----------
+    name : str
+        An ``extern "C"`` kernel of the source, e.g. ``"pair_histogram_i32"``.
+    source : callable
+        Returns the CUDA text: :func:`cuda_source`, :func:`accumulate_source` or
+        :func:`encoded_module_source`.
+
+    Returns
+    -------
+    cupy.RawKernel
+
+    Raises
+    ------
+    ImportError
+        CuPy is not installed (the message names the extra: ``pip install fastpq[gpu]``).
+    """
+    cp = _cupy()
     key = (cp.cuda.Device().id, source.__name__, nvrtc_options())
     module = _MODULES.get(key)
     if module is None:
@@ -96,6 +116,56 @@ def _kernel(cp, name: str, source=cuda_source):
                 module = cp.RawModule(code=source(), options=key[2])
                 _MODULES[key] = module
     return module.get_function(name)
+
+
+def batch_label_maps(gt, pred, xp):
+    """Validate a pair of label-map batches and flatten them to ``(B, H*W)``.
+
+    ``gt`` and ``pred`` are ``(H, W)`` or ``(B, H, W)`` integer arrays of the array module ``xp``
+    (NumPy or CuPy) with equal shapes. int32 and int64 are used as they are; uint32/uint64 are
+    reinterpreted as int32/int64 (ids >= 2**31 then raise STATUS_ID_OUT_OF_RANGE on the device);
+    narrower integers are widened to int32. Returns ``(gt2d, pred2d)``, C-contiguous, same dtype.
+
+    Raises
+    ------
+    ValueError
+        The shapes differ or are neither 2-D nor 3-D.
+    TypeError
+        A map does not hold integers.
+    """
+    if gt.shape != pred.shape:
+        raise ValueError(
+            f"gt and pred label maps must have the same shape, got {tuple(gt.shape)} and "
+            f"{tuple(pred.shape)}"
+        )
+    if gt.ndim not in (2, 3):
+        raise ValueError(f"label maps must be (H, W) or (B, H, W), got shape {tuple(gt.shape)}")
+    maps = []
+    wide = gt.dtype.itemsize == 8 or pred.dtype.itemsize == 8
+    for name, array in (("gt", gt), ("pred", pred)):
+        kind = array.dtype.kind
+        if kind not in "iu":
+            raise TypeError(f"{name} label map must have an integer dtype, got {array.dtype}")
+        array = xp.ascontiguousarray(array)
+        if wide:
+            if array.dtype == np.uint64:
+                array = array.view(np.int64)
+            elif array.dtype != np.int64:
+                array = array.astype(np.int64)
+        elif array.dtype == np.uint32:
+            array = array.view(np.int32)
+        elif array.dtype != np.int32:
+            array = array.astype(np.int32)
+        n_images = 1 if array.ndim == 2 else array.shape[0]
+        maps.append(array.reshape(n_images, array.shape[-2] * array.shape[-1]))
+    return maps[0], maps[1]
+
+
+def uses_vec4(gt2d, pred2d, tile_pixels: int, aligned: bool) -> bool:
+    """Whether the histogram may read int4 vectors: int32 maps, N % 4 == 0, 16-byte alignment."""
+    return (
+        gt2d.dtype == np.int32 and gt2d.shape[1] % 4 == 0 and tile_pixels % 4 == 0 and aligned
+    )
 
 
 def _is_torch_tensor(value) -> bool:
@@ -194,7 +264,7 @@ def pair_histogram_batch(
 
     Returns
     -------
-    PairTables of CuPy arrays (see :class:`fastpq.kernels.pairs_cuda.PairTables`): ``gt``,
+    PairTables of CuPy arrays (see :class:`fastpq.kernels.gpu_layout.PairTables`): ``gt``,
     ``pred`` (B, cap) int32, ``count`` (B, cap) int64, ``n_pairs`` (B,) int32, ``status`` (B,)
     int32; rows sorted by (gt_id, pred_id). Nothing is synchronised.
     """
@@ -209,8 +279,8 @@ def pair_histogram_batch(
         vec4 = uses_vec4(gt2d, pred2d, tile_pixels, aligned)
         table_keys, table_counts, status = _new_tables(cp, n_images, cap_log2)
         if n_images and n_pixels:
-            histogram = _kernel(cp, "pair_histogram_i32" if gt2d.dtype == cp.int32 else
-                                "pair_histogram_i64")
+            histogram = compiled_kernel("pair_histogram_i32" if gt2d.dtype == cp.int32 else
+                                        "pair_histogram_i64")
             _launch_histogram(histogram, n_images, n_pixels, tile_pixels, (gt2d, pred2d),
                               (np.int64(n_pixels), np.int64(tile_pixels), np.int32(vec4)),
                               (table_keys, table_counts, np.int32(cap_log2), status))
@@ -225,7 +295,7 @@ def _new_tables(cp, n_images: int, cap_log2: int):
     status = cp.empty(n_images, dtype=cp.int32)
     if n_images:
         n_slots = n_images * cap
-        _kernel(cp, "init_pair_tables")(
+        compiled_kernel("init_pair_tables")(
             (min(-(-n_slots // BLOCK_THREADS), 4096),), (BLOCK_THREADS,),
             (table_keys, table_counts, np.int64(n_slots), status, np.int64(n_images)))
     return table_keys, table_counts, status
@@ -254,7 +324,7 @@ def _compact(cp, table_keys, table_counts, cap_log2: int, status) -> PairTables:
     if n_images:
         scratch_keys = cp.empty((n_images, cap), dtype=cp.uint64)
         scratch_counts = cp.empty((n_images, cap), dtype=cp.uint64)
-        _kernel(cp, "compact_pair_tables")(
+        compiled_kernel("compact_pair_tables")(
             (n_images,), (BLOCK_THREADS,),
             (table_keys, table_counts, np.int32(cap_log2), scratch_keys, scratch_counts,
              pair_gt, pair_pred, pair_count, n_pairs),
@@ -360,7 +430,7 @@ def match_batch(
         pair_iou = cp.empty((n_images, cap), dtype=cp.float64)
         pair_matched = cp.empty((n_images, cap), dtype=cp.int32)
         if n_images:
-            _kernel(cp, "match_segments")(
+            compiled_kernel("match_segments")(
                 (n_images,), (MATCH_THREADS,),
                 (pair_gt, pair_pred, pair_count, n_pairs, np.int32(cap_log2),
                  g_id, g_category, g_iscrowd, g_area, g_count, np.int32(s_gt),
@@ -380,9 +450,6 @@ def match_batch(
     return MatchPartials(tp, fp, fn, iou_sum, pair_iou, pair_matched, status)
 
 
-ACCUMULATE_THREADS = 128  # FASTPQ_ACCUMULATE_THREADS of accumulate.cu
-
-
 def accumulate_partials(partials: MatchPartials, state, *, update: int, stream=None) -> None:
     """Add a batch's per-image partials into running per-category sums, on the device.
 
@@ -400,8 +467,7 @@ def accumulate_partials(partials: MatchPartials, state, *, update: int, stream=N
 
     Rows are added in image order with :meth:`fastpq.PQAccumulator.add_image`'s arithmetic; a
     batch with any status bit set adds nothing and is counted in ``record``.
-    :func:`fastpq.gpu.device_state.accumulate_partials_host` is the NumPy twin. Nothing is
-    synchronised.
+    Nothing is synchronised.
     """
     cp = _cupy()
     tp, fp, fn, iou, iou_err, record = state
@@ -415,7 +481,7 @@ def accumulate_partials(partials: MatchPartials, state, *, update: int, stream=N
         batch_iou = cp.ascontiguousarray(partials.iou_sum)
         status = cp.ascontiguousarray(partials.status)
         n_blocks = -(-n_categories // ACCUMULATE_THREADS)
-        _kernel(cp, "accumulate_partials", accumulate_source)(
+        compiled_kernel("accumulate_partials", accumulate_source)(
             (n_blocks,), (ACCUMULATE_THREADS,),
             (*batch, batch_iou, status, np.int32(n_images), np.int32(n_categories),
              np.int64(update), tp, fp, fn, iou, iou_err, record),
@@ -428,10 +494,9 @@ def pair_histogram_encoded(gt, pred, *, mode: int, lut, inst_bits: int, void_lab
     """:func:`pair_histogram_batch` of the encoded ids of a batch of pairs-convention
     ((B, H, W, 2) [category, instance]) or divisor-convention ((B, H, W) ids) maps, in one pass
     (``kernels/encode.cu``): each pixel is encoded as it is read and no id map is written.
-    ``mode`` is from :mod:`fastpq.kernels.encode_cuda`, ``lut`` the device category lookup
-    table. The encoding's status bits are in the tables' ``status``. Nothing is synchronised."""
-    from fastpq.kernels.encode_cuda import MODE_PAIRS
-
+    ``mode`` is :data:`~fastpq.kernels.gpu_layout.MODE_PAIRS` or ``MODE_DIVISOR``, ``lut`` the
+    device category lookup table (:func:`fastpq.gpu.device_state.category_lut`). The encoding's
+    status bits are in the tables' ``status``. Nothing is synchronised."""
     cp = _cupy()
     tile_pixels = check_tile_pixels(tile_pixels)
     cap_log2 = capacity_log2(capacity)
@@ -447,8 +512,8 @@ def pair_histogram_encoded(gt, pred, *, mode: int, lut, inst_bits: int, void_lab
         g2d, q2d = batch_label_maps(g.reshape(n_images, -1), q.reshape(n_images, -1), cp)
         table_keys, table_counts, status = _new_tables(cp, n_images, cap_log2)
         if n_images and n_pixels:
-            histogram = _kernel(cp, "pair_histogram_encoded_i32" if g2d.dtype == cp.int32 else
-                                "pair_histogram_encoded_i64", encoded_module_source)
+            histogram = compiled_kernel("pair_histogram_encoded_i32" if g2d.dtype == cp.int32
+                                        else "pair_histogram_encoded_i64", encoded_module_source)
             _launch_histogram(histogram, n_images, n_pixels, tile_pixels, (g2d, q2d),
                               (np.int64(n_pixels), np.int64(tile_pixels), np.int32(mode),
                                np.int64(divisor), np.int64(void_label), lut,
@@ -468,7 +533,7 @@ def derive_segment_tables(pairs: PairTables, *, inst_bits: int, is_thing, crowd_
         tables = [cp.empty((n_images, cap), cp.int32) for _ in range(6)]
         n_gt, n_pred = cp.empty(n_images, cp.int32), cp.empty(n_images, cp.int32)
         if n_images:
-            _kernel(cp, "derive_segment_tables", encoded_module_source)(
+            compiled_kernel("derive_segment_tables", encoded_module_source)(
                 (n_images,), (MATCH_THREADS,),
                 (pairs.gt, pairs.pred, pairs.n_pairs, np.int32(cap.bit_length() - 1),
                  np.int32(inst_bits), is_thing, np.int32(bool(crowd_rule)), tables[0],
@@ -517,8 +582,9 @@ class _PinnedStaging:
 class CupyBackend:
     """The device half of :class:`fastpq.PanopticQuality` on CuPy: one device and one stream.
 
-    Used by :mod:`fastpq.gpu.device_state` (which also has the CPU twin, ``EmulatedBackend``). Every
-    method queues work and returns; only :meth:`download` synchronises (with this stream).
+    :mod:`fastpq.gpu.device_state` drives it; :func:`fastpq.gpu.device_state.device_backend`
+    picks it for CUDA torch tensors and CuPy arrays. Every method queues work and returns; only
+    :meth:`download` synchronises (with this stream).
     ``with backend:`` makes the device and stream current.
 
     Parameters

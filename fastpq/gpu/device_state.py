@@ -26,9 +26,10 @@ reference), ids in [2**24, 2**31), and predicted id 0 listed in segments_info (a
 the reference).
 
 The glue is written against a small backend (array module ``xp``, histogram, matcher,
-accumulation, copies): :class:`fastpq.gpu.cupy_kernels.CupyBackend` on a GPU, :class:`EmulatedBackend` on the
-CPU, which runs the kernels' CPU emulations (``fastpq.kernels.pairs_cuda``) so that the tests
-check this module without a GPU.
+accumulation, copies), passed in: :class:`DeviceAccumulator` takes it, and
+:class:`fastpq.PanopticQuality` gets it from a factory (``gpu_backend=``; by default
+:func:`device_backend`, which picks :class:`fastpq.gpu.cupy_kernels.CupyBackend` for CUDA torch
+tensors and CuPy arrays). The tests pass CPU oracles of the kernels through the same argument.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastpq.core.accumulator import PQAccumulator
-from fastpq.core.sums import two_sum
 from fastpq.core.categories import Categories
 from fastpq.errors import InputError, SegmentError, where
-from fastpq.core.inputs import is_torch_tensor, on_device, split_segments
-from fastpq.kernels.pairs_cuda import (
+from fastpq.core.inputs import on_device, split_segments
+from fastpq.kernels.gpu_layout import (
     DEFAULT_CAPACITY,
+    MODE_DIVISOR,
+    MODE_PAIRS,
+    RECORD_FIELDS,
     STATUS_CATEGORY_UNKNOWN,
     STATUS_MESSAGES,
     STATUS_PAIR_TABLE_OVERFLOW,
@@ -53,33 +56,22 @@ from fastpq.kernels.pairs_cuda import (
     MatchPartials,
     SegmentTables,
     capacity_log2,
-    match_emulated,
-    pad_segment_tables,
-    pair_histogram_emulated,
-)
-from fastpq.kernels.encode_cuda import (
-    MODE_DIVISOR,
-    MODE_PAIRS,
-    category_lut,
-    derive_tables_emulated,
-    encode_emulated,
     instance_bits,
 )
 from fastpq.core.segments import coco_table
 
-__all__ = ["DEFAULT_CAPACITY", "DeviceAccumulator", "EmulatedBackend", "RefusedUpdates",
-           "accumulate_partials_host", "device_backend"]
+__all__ = ["DEFAULT_CAPACITY", "DeviceAccumulator", "RECORD_FIELDS", "RefusedUpdates",
+           "category_lut", "device_backend", "pad_segment_tables"]
 
-#: int64 fields of the refused-update record (see ``kernels/accumulate.cu``).
-RECORD_FIELDS = 6
 _SEGMENT_STATUS = (STATUS_PRED_ID_NOT_LISTED | STATUS_PRED_SEGMENT_ABSENT
                    | STATUS_PRED_CATEGORY_UNKNOWN | STATUS_CATEGORY_UNKNOWN)
 _INT32_MAX = (1 << 31) - 1
 
 
 def device_backend(gt, pred):
-    """The backend for an update's maps: a :class:`fastpq.gpu.cupy_kernels.CupyBackend` when the maps live on
-    a GPU, None when they are host maps.
+    """The backend for an update's maps: a :class:`fastpq.gpu.cupy_kernels.CupyBackend` on the
+    device of the maps when they live on a GPU (CUDA torch tensors, CuPy arrays), None when they
+    are host maps. The default ``gpu_backend`` factory of :class:`fastpq.PanopticQuality`.
 
     Raises
     ------
@@ -102,96 +94,49 @@ def device_backend(gt, pred):
     return CupyBackend.for_maps(gts + preds)
 
 
-class EmulatedBackend:
-    """The CPU twin of :class:`fastpq.gpu.cupy_kernels.CupyBackend`: NumPy arrays, and the CPU emulations of
-    the histogram and matcher kernels (``fastpq.kernels.pairs_cuda``) and of the accumulation
-    kernel (:func:`accumulate_partials_host`).
+def pad_segment_tables(ids, categories, iscrowd=None, areas=None) -> SegmentTables:
+    """Padded NumPy segment tables from per-image sequences (one 1-D array per image).
 
-    ``histogram_options`` go to :func:`~fastpq.kernels.pairs_cuda.pair_histogram_emulated`
-    (e.g. small ``tile_pixels`` or ``shared_log2`` to exercise the kernel's overflow paths).
+    ``categories`` are dense category indices (-1 for unknown). ``iscrowd`` and ``areas`` are
+    optional; without ``areas`` the matcher uses pixel counts.
+
+    Raises
+    ------
+    ValueError
+        An image has a different number of segment ids and categories.
     """
+    n_images = len(ids)
+    count = np.array([len(x) for x in ids], dtype=np.int32)
+    for b in range(n_images):
+        if len(categories[b]) != count[b]:
+            raise ValueError(f"image {b}: {count[b]} segment ids but {len(categories[b])} "
+                             "categories")
+    width = max(1, int(count.max(initial=0)))
+    filled = np.arange(width) < count[:, None]  # row-major order = the concatenation's order
 
-    xp = np
-    key = ("emulation",)
+    def table(rows, dtype, pad):
+        out = np.full((n_images, width), pad, dtype)
+        if rows is not None and n_images:
+            out[filled] = np.concatenate(rows).astype(dtype, copy=False)
+        return out
 
-    def __init__(self, **histogram_options):
-        self.histogram_options = histogram_options
+    table_id = table(ids, np.int32, 0)
+    table_category = table(categories, np.int32, -1)
+    table_iscrowd = table(iscrowd, np.int32, 0)
+    table_area = table(areas, np.float64, 0) if areas is not None else None
+    return SegmentTables(table_id, table_category, table_iscrowd, table_area, count)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
+def category_lut(category_ids, thing_mask, max_lut: int = 1 << 20):
+    """``(lut, is_thing)`` int32 arrays for ``encode.cu``: ``lut[category id]`` = dense index or
+    -1, ``is_thing`` per dense index. None when category ids are negative or not below
+    ``max_lut``."""
+    ids = np.asarray(category_ids, np.int64)
+    if ids.size == 0 or ids.min() < 0 or ids.max() >= max_lut:
         return None
-
-    def as_array(self, value):
-        if is_torch_tensor(value):
-            return value.detach().numpy()
-        return np.asarray(value)
-
-    def histogram(self, gt, pred, capacity: int):
-        return pair_histogram_emulated(gt, pred, capacity=capacity, **self.histogram_options)
-
-    def match(self, pairs, gt_segments, pred_segments, n_categories: int) -> MatchPartials:
-        return match_emulated(pairs, gt_segments, pred_segments, n_categories)
-
-    def accumulate(self, partials, state, update: int) -> None:
-        accumulate_partials_host(partials, state, update=update)
-
-    def encode(self, gt, pred, *, mode, lut, inst_bits, void_label, divisor=1):
-        shape = gt.shape[:-1] if mode == MODE_PAIRS else gt.shape
-        g, p, status = encode_emulated(np.asarray(gt).reshape(shape[0], -1),
-                                       np.asarray(pred).reshape(shape[0], -1), mode, divisor,
-                                       void_label, np.asarray(lut), inst_bits)
-        return g.reshape(shape), p.reshape(shape), status
-
-    def histogram_encoded(self, gt, pred, capacity: int, **encoding):
-        """encode.cu's fused histogram: the encoding, then the histogram's scalar work split."""
-        gt_ids, pred_ids, status = self.encode(gt, pred, **encoding)
-        options = dict(self.histogram_options, vec4=False)
-        tables = pair_histogram_emulated(gt_ids, pred_ids, capacity=capacity, **options)
-        return tables._replace(status=tables.status | status)
-
-    def derive_tables(self, pairs, *, inst_bits, is_thing, crowd_rule):
-        return derive_tables_emulated(pairs, inst_bits, np.asarray(is_thing), crowd_rule)
-
-    def upload(self, host: np.ndarray) -> np.ndarray:
-        return np.array(host, copy=True)
-
-    def download(self, array) -> np.ndarray:
-        return np.array(array, copy=True)
-
-    def marker(self):
-        return None
-
-    def wait_for(self, marker) -> None:
-        return None
-
-
-def accumulate_partials_host(partials: MatchPartials, state, *, update: int) -> None:
-    """NumPy twin of ``kernels/accumulate.cu`` (:func:`fastpq.gpu.cupy_kernels.accumulate_partials`).
-
-    Adds the rows of ``partials`` (tp, fp, fn, iou_sum, status of B images) into ``state`` =
-    ``(tp, fp, fn, iou, iou_err, record)`` in place, image by image, exactly as
-    :meth:`PQAccumulator.add_image` does; a batch with a status bit adds nothing and is counted in
-    ``record`` (refused updates, first refused update, its first bad image, that image's status,
-    OR of all status bits, images refused).
-    """
-    tp, fp, fn, iou, iou_err, record = state
-    status = np.asarray(partials.status)
-    bad = np.flatnonzero(status)
-    if bad.size:
-        if record[0] == 0:
-            record[1], record[2], record[3] = update, bad[0], status[bad[0]]
-        record[0] += 1
-        record[4] |= np.bitwise_or.reduce(status)
-        record[5] += status.size
-        return
-    for b in range(status.size):
-        tp += partials.tp[b]
-        fp += partials.fp[b]
-        fn += partials.fn[b]
-        iou[:], err = two_sum(iou, partials.iou_sum[b])
-        iou_err += err
+    lut = np.full(int(ids.max()) + 1, -1, np.int32)
+    lut[ids] = np.arange(ids.size, dtype=np.int32)
+    return lut, np.asarray(thing_mask, np.int32)
 
 
 @dataclass
@@ -405,8 +350,8 @@ class DeviceAccumulator:
 
     Parameters
     ----------
-    backend : CupyBackend or EmulatedBackend
-        Where the state lives.
+    backend : CupyBackend or a backend with its methods
+        Where the state lives (the tests pass CPU oracles of the kernels).
     acc : PQAccumulator
         The starting sums (copied to the device): the state continues them exactly.
     pair_capacity : int

@@ -22,7 +22,7 @@ from fastpq.core.categories import Categories
 from fastpq.streaming.distributed import is_distributed, reduce_accumulator
 from fastpq.errors import InputError
 from fastpq.core.inputs import Convention, pick_convention
-from fastpq.kernels.pairs_cuda import DEFAULT_CAPACITY, capacity_log2
+from fastpq.kernels.gpu_layout import DEFAULT_CAPACITY, capacity_log2
 from fastpq.core.result import PQResult
 from fastpq.metrics.variants import Scoring
 
@@ -58,6 +58,12 @@ class PanopticQuality:
         two; default 8192, far above the few hundred of COCO or Cityscapes images). The pair
         tables take about ``B * pair_capacity * 56`` bytes of GPU memory per update of B images.
         An image with more pairs makes ``compute()`` raise an InputError that names it.
+    gpu_backend : callable, optional
+        ``gpu_backend(gt, pred)`` returns the device backend that evaluates an update's maps
+        (the interface of :class:`fastpq.gpu.cupy_kernels.CupyBackend`), or None for the host
+        path. Default: :func:`fastpq.gpu.device_state.device_backend`, a CupyBackend for CUDA
+        torch tensors and CuPy arrays. Other backends (the tests' CPU oracles of the kernels)
+        come in here; the metric pickles only with a picklable factory.
 
     Raises
     ------
@@ -109,7 +115,7 @@ class PanopticQuality:
     def __init__(self, categories, *, label_divisor: int | None = None, void_label: int = 0,
                  thing_instance_zero: str = "crowd", device=None, process_group=None,
                  metric: str = "pq", convention: str = "panopticapi",
-                 pair_capacity: int = DEFAULT_CAPACITY):
+                 pair_capacity: int = DEFAULT_CAPACITY, gpu_backend=None):
         self.categories = Categories.coerce(categories)
         capacity_log2(pair_capacity)  # refuses a bad capacity now
         self.pair_capacity = int(pair_capacity)
@@ -129,6 +135,7 @@ class PanopticQuality:
         self.device = device
         self.process_group = process_group
         self._acc = PQAccumulator(self.categories)
+        self.gpu_backend = gpu_backend
         self._device = None  # DeviceAccumulator while the state lives on a GPU
         self._refused = None  # RefusedUpdates found on the device, raised by sync()
         self._n_updates = 0
@@ -138,6 +145,7 @@ class PanopticQuality:
     _refused = None
     _n_updates = 0
     pair_capacity = DEFAULT_CAPACITY
+    gpu_backend = None
 
     def _to_host(self) -> None:
         """Bring a device state back into ``self._acc`` (one synchronisation)."""
@@ -153,9 +161,11 @@ class PanopticQuality:
         and the GPU path covers it (the state is then on that device), else None."""
         if per_image or self.metric != "pq" or self.convention != "panopticapi":
             return None
-        from fastpq.gpu import device_state
-
-        backend = device_state.device_backend(gt, pred)
+        if self.gpu_backend is None:
+            from fastpq.gpu.device_state import device_backend as choose_backend
+        else:
+            choose_backend = self.gpu_backend
+        backend = choose_backend(gt, pred)
         if backend is None:
             return None
         convention = pick_convention(gt, gt_segments, self.label_divisor, self.void_label,
@@ -163,8 +173,9 @@ class PanopticQuality:
         if self._device is not None and self._device.backend.key != backend.key:
             self._to_host()  # the maps moved to another device: the state follows
         if self._device is None:
-            self._device = device_state.DeviceAccumulator(backend, self._acc,
-                                                          pair_capacity=self.pair_capacity)
+            from fastpq.gpu.device_state import DeviceAccumulator
+
+            self._device = DeviceAccumulator(backend, self._acc, pair_capacity=self.pair_capacity)
         return backend, convention
 
     def update(self, gt, pred, *, gt_segments=None, pred_segments=None,
