@@ -229,6 +229,12 @@ def test_the_layer_table_names_real_layers_and_paths():
     assert not stale, f"LAYER_OF_PATH names paths that are not in the tree: {stale}"
 
 
+def test_every_module_says_what_it_holds():
+    undocumented = [module.relative_path for module in MODULES.values()
+                    if not (ast.get_docstring(module.tree()) or "").strip()]
+    assert not undocumented, f"modules without a docstring saying what they hold: {undocumented}"
+
+
 def test_every_import_names_a_module_of_the_package():
     unknown = [f"{where(MODULES[name], item.lineno)}: {name} imports {item.target}, which is no "
                f"module of the package" for name, imports in sorted(IMPORTS.items())
