@@ -5,7 +5,8 @@ no private (underscore) name used across modules.
 The layers, lowest first (a module may import its own layer or lower ones, never a higher one,
 function-level imports included)::
 
-    base < kernels < core < metrics < gpu < io < streaming < scale < analysis < datasets < models < edge
+    base < kernels < core < metrics < gpu < io < streaming < scale < analysis < datasets
+         < models < edge
 
 ``base`` is ``fastpq.errors`` and the packaged data files; ``edge`` is the package's front door
 (``fastpq/__init__.py``, ``api.py``, ``cli.py``, ``__main__.py`` and the documented re-export
@@ -367,8 +368,9 @@ for heavy in ("torch", "torchvision"):  # loaded once here rather than once per 
 
 def missing_dependency(error):
     while error is not None:
-        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in missing_optional:
-            return error.name.split(".")[0]
+        top_level = (getattr(error, "name", None) or "").split(".")[0]
+        if isinstance(error, ModuleNotFoundError) and top_level in missing_optional:
+            return top_level
         error = error.__cause__ or error.__context__
     return None
 
@@ -415,7 +417,7 @@ for name in modules:
         report = channel.read()
     _, exit_status = os.waitpid(child, 0)
     results[name] = json.loads(report) if report else {
-        "status": "failed", "detail": f"the child importing {name} died (wait status {exit_status})"}
+        "status": "failed", "detail": f"the child importing {name} died (status {exit_status})"}
 print(json.dumps(results))
 """
 
@@ -468,7 +470,8 @@ def test_importing_a_module_loads_no_higher_layer(alone_imports):
 def test_import_fastpq_loads_no_optional_dependency_and_no_oracle():
     code = (
         "import json, sys, fastpq\n"
-        "modules = {name: getattr(module, '__file__', None) for name, module in list(sys.modules.items())}\n"
+        "modules = {name: getattr(module, '__file__', None)\n"
+        "           for name, module in list(sys.modules.items())}\n"
         "defined = {name: sorted(attribute for attribute, value in vars(module).items()\n"
         "                        if getattr(value, '__module__', None) == name)\n"
         "           for name, module in list(sys.modules.items())\n"
@@ -493,7 +496,7 @@ def test_import_fastpq_loads_no_optional_dependency_and_no_oracle():
     assert "fastpq.kernels.pairs" in loaded["modules"]  # the inspection saw the package
 
 
-# --- private names ---------------------------------------------------------------------------------
+# --- private names -------------------------------------------------------------------------------
 
 
 def module_bindings(module: SourceModule | None, tree: ast.Module, known) -> dict[str, str]:

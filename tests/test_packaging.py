@@ -18,7 +18,7 @@ import pytest
 try:
     import tomllib
 except ImportError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml on Python 3.10 needs tomli")
+    tomllib = pytest.importorskip("tomli", reason="pyproject.toml on Python 3.10 needs tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "fastpq"
@@ -26,7 +26,8 @@ BUILD_LEFTOVERS = ("__pycache__", ".pytest_cache", ".hypothesis")
 
 
 def setuptools_config() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return pyproject["tool"]["setuptools"]
 
 
 def mapped_folders() -> dict[str, Path]:
@@ -178,6 +179,6 @@ def test_the_wheel_installs_only_the_package_and_the_console_script(wheel):
     names = wheel.namelist()
     outside = sorted(name for name in names if not name.startswith(PACKAGE + "/")
                      and not name.split("/")[0].endswith(".dist-info"))
-    assert not outside, f"the wheel installs files outside fastpq/ (a top-level kernels?): {outside}"
+    assert not outside, f"the wheel installs files outside fastpq/ (top-level kernels?): {outside}"
     (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "fastpq = fastpq.cli:main" in wheel.read(entry_points).decode()
