@@ -1,0 +1,1 @@
+"""Data files shipped with fastpq: the COCO panoptic category table (JSON)."""
