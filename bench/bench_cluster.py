@@ -34,7 +34,7 @@ import numpy as np
 
 import fastpq
 from fastpq.datasets import synthetic
-from fastpq.scale.cluster import _default_shard_size, _evaluate_shard
+from fastpq.scale.cluster import default_shard_size, evaluate_shard
 from fastpq.io.coco import pair_annotations, resolve_inputs
 
 from common import median_time
@@ -62,7 +62,7 @@ def client_seconds_per_image(paths, threads):
         return pair_annotations(gt_json, pred_json, paths["gt_json"], paths["pred_json"])
 
     matched = read()
-    size = _default_shard_size(len(matched), threads)
+    size = default_shard_size(len(matched), threads)
 
     def pickle_shards():
         for start in range(0, len(matched), size):
@@ -78,7 +78,7 @@ def empty_shard_round_trip(client, categories, repeat=50):
     folders = {None: os.getcwd()}
 
     def once():
-        client.submit(_evaluate_shard, payload, 0, os.getcwd(), folders, categories, False,
+        client.submit(evaluate_shard, payload, 0, os.getcwd(), folders, categories,
                       key=f"bench-empty-shard-{uuid.uuid4().hex}").result()
 
     once()
@@ -166,7 +166,7 @@ def main(argv=None):
     total_images = 10 ** 6
     for machines in (1, 10, 100, 1000):
         threads = machines * cores
-        size = _default_shard_size(total_images, threads)
+        size = default_shard_size(total_images, threads)
         shards = -(-total_images // size)
         # each thread runs its share of images and pays the task overhead once per shard
         workers_s = (total_images * per_image + shards * task) / threads

@@ -4,16 +4,14 @@
 torchvision and Dask are imported where they are used.
 """
 
+from fastpq.api import evaluate, evaluate_many, pq_compute
 from fastpq.core.accumulator import PQAccumulator
-from fastpq.api import evaluate
 from fastpq.core.categories import Categories
-from fastpq.io.checkpoints import evaluate_many
-from fastpq.io.coco import pq_compute
+from fastpq.core.result import ClassScore, PQResult, SplitScore
 from fastpq.errors import DecodeError, InputError, SegmentError
+from fastpq.io.shim import install_as_panopticapi
 from fastpq.streaming.evaluator import PanopticEvaluator
 from fastpq.streaming.metric import PanopticQuality
-from fastpq.core.result import ClassScore, PQResult, SplitScore
-from fastpq.io.shim import install_as_panopticapi
 
 __version__ = "0.1.0"
 

@@ -1,17 +1,15 @@
-"""``fastpq.evaluate``: Panoptic Quality of in-memory label maps."""
+"""The front doors: ``fastpq.evaluate`` (in-memory label maps), ``fastpq.pq_compute`` and
+``fastpq.evaluate_many`` (COCO panoptic files, locally or on a Dask cluster)."""
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+import functools
+from typing import Mapping, Sequence
 
-from fastpq.core.accumulator import PQAccumulator
 from fastpq.core.categories import Categories
-from fastpq.errors import InputError
-from fastpq.core.inputs import (Convention, PreparedImage, host_maps, pick_convention, prepare_coco,
-                     prepare_encoded, split_batch, split_segments)
-from fastpq.core.matching import match_image
+from fastpq.core.runner import score_arrays
+from fastpq.io import checkpoints, coco
+from fastpq.metrics import resolve_metric
 
 
 def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
@@ -48,13 +46,15 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
     image_ids : sequence, optional
         Names the images in error messages.
     workers : int or None
-        Threads over images (None: all cores). The result does not depend on it.
+        Threads over images (None: all cores; never more than the images). The result does
+        not depend on it.
     per_image : bool
         Also keep one :class:`~fastpq.core.records.ImageRecord` per image in ``result.per_image``
         (default metric and convention only).
     metric : {'pq', 'pq_dagger', 'pc'}
         Panoptic Quality; PQ-dagger (stuff scored by IoU without the 0.5 threshold); Parsing
-        Covering (a :class:`~fastpq.metrics.variants.CoveringResult`). See :mod:`fastpq.metrics.variants`.
+        Covering (a :class:`~fastpq.metrics.parsing_covering.CoveringResult`). See
+        :mod:`fastpq.metrics`.
     convention : {'panopticapi', 'torchmetrics'}
         Whose matching rules: the reference's, or torchmetrics' ``PanopticQuality`` (void
         forgiven on both sides, stuff segments merged, no crowd, float32 IoUs).
@@ -62,7 +62,7 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
     Returns
     -------
     PQResult
-        Or :class:`~fastpq.metrics.variants.CoveringResult` for ``metric='pc'``.
+        Or :class:`~fastpq.metrics.parsing_covering.CoveringResult` for ``metric='pc'``.
 
     Raises
     ------
@@ -71,74 +71,116 @@ def evaluate(gt, pred, *, gt_segments=None, pred_segments=None, categories=None,
         not in its segments_info or the reverse, duplicate segment ids, an unknown category, a GT
         segment without ``iscrowd``, GT segment id 0, empty input. Areas are pixel counts, so a
         GT id missing from segments_info is refused here (``pq_compute`` reproduces the
-        reference instead and warns).
+        reference instead and warns). An unknown ``metric`` or ``convention``, a combination
+        that is not offered, ``per_image`` with a metric other than 'pq' under the panopticapi
+        convention.
     """
+    scoring = resolve_metric(metric, convention, per_image=per_image)
     categories = Categories.coerce(categories)
-    if per_image or metric != "pq" or convention != "panopticapi":
-        from fastpq.metrics.variants import Scoring
-
-        scoring = Scoring(categories, metric=metric, convention=convention, per_image=per_image,
-                          image_ids=image_ids)
-        for scores in iter_matches(gt, pred, gt_segments=gt_segments, pred_segments=pred_segments,
-                                   categories=categories, label_divisor=label_divisor,
-                                   void_label=void_label, thing_instance_zero=thing_instance_zero,
-                                   image_ids=image_ids, workers=workers, score=scoring.score):
-            scoring.add(scores)
-        return scoring.result()
-    acc = PQAccumulator(categories)
-    for match in iter_matches(gt, pred, gt_segments=gt_segments, pred_segments=pred_segments,
-                              categories=categories, label_divisor=label_divisor,
-                              void_label=void_label, thing_instance_zero=thing_instance_zero,
-                              image_ids=image_ids, workers=workers):
-        acc.add_image(match.tp, match.fp, match.fn, match.iou)
-    return acc.result()
+    acc = scoring.accumulator(categories)
+    for partial in score_arrays(gt, pred, gt_segments=gt_segments, pred_segments=pred_segments,
+                                categories=categories, metric=scoring,
+                                label_divisor=label_divisor, void_label=void_label,
+                                thing_instance_zero=thing_instance_zero, image_ids=image_ids,
+                                workers=workers):
+        acc.add_image(*partial)
+    return scoring.result(acc)
 
 
-def iter_matches(gt, pred, *, gt_segments, pred_segments, categories: Categories,
-                 label_divisor=None, void_label=0, thing_instance_zero="crowd", image_ids=None,
-                 workers=1, score=None):
-    """Yield each image's :class:`~fastpq.core.matching.ImageMatch`, in input order.
+def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *,
+               workers: int | None = None, progress: bool | None = None, verbose: bool = True,
+               return_result: bool = False, client=None, per_image: bool = False,
+               metric: str = "pq", convention: str = "panopticapi"):
+    """panopticapi's ``pq_compute``: the same signature, defaults, errors, table and return dict.
 
-    ``score(index, prepared)``, when given, replaces the matcher (metric variants, per-image
-    records): what it returns for each :class:`~fastpq.core.inputs.PreparedImage` is yielded instead.
-    It runs in the worker threads.
+    Parameters
+    ----------
+    gt_json_file, pred_json_file : str or path
+        COCO panoptic JSON files. Folders default to the JSON paths with '.json' removed.
+    workers : int, optional
+        Threads decoding and scoring images (default: the number of cores). Nothing outlives
+        the call. The numbers do not depend on it.
+    progress : bool, optional
+        A tqdm bar on stderr (default: when stderr is a terminal).
+    verbose : bool
+        Print the reference's header and table on ``sys.stdout``.
+    return_result : bool
+        Return the :class:`~fastpq.core.result.PQResult` instead of the reference's dict.
+    client : distributed.Client, optional
+        Score the images on this Dask cluster instead (:mod:`fastpq.scale.cluster`); its workers
+        read the PNGs at the same paths, and ``workers`` is ignored. The numbers are the same.
+    per_image, metric, convention
+        As in :func:`fastpq.evaluate` (``metric`` and ``convention`` not with ``client``). Under
+        the 'torchmetrics' convention GT areas are pixel counts, and GT ids missing from the JSON
+        are void.
+
+    Returns
+    -------
+    dict
+        ``{'All': {pq, sq, rq, n}, 'Things': ..., 'Stuff': ..., 'per_class': {cat_id: {pq, sq,
+        rq, tp, fp, fn, iou}}}`` — a split with no category gives 0.0 and n = 0 where the
+        reference raises ZeroDivisionError.
+
+    Notes
+    -----
+    The local run is :func:`fastpq.io.coco.pq_compute`; with ``client`` the same run scores the
+    images with :func:`fastpq.scale.cluster.score_on_cluster`.
     """
-    gt, pred = host_maps(gt, "ground-truth"), host_maps(pred, "predicted")
-    convention = pick_convention(gt, gt_segments, label_divisor, void_label, thing_instance_zero)
-    gts = split_batch(gt, convention, "ground-truth")
-    preds = split_batch(pred, convention, "prediction")
-    if len(gts) == 0:
-        raise InputError("empty input: no images to evaluate")
-    if len(gts) != len(preds):
-        raise InputError(f"{len(gts)} ground-truth maps but {len(preds)} predicted maps")
-    gsegs = split_segments(gt_segments, len(gts), "gt_segments")
-    psegs = split_segments(pred_segments, len(gts), "pred_segments")
-    if convention.name == "coco" and pred_segments is None:
-        raise InputError("gt_segments was given without pred_segments")
-    ids = list(image_ids) if image_ids is not None else [None] * len(gts)
-    if len(ids) != len(gts):
-        raise InputError(f"image_ids has {len(ids)} entries for {len(gts)} images")
+    score_images = None
+    if client is not None:
+        from fastpq.scale.cluster import score_on_cluster
 
-    def one(k):
-        prepared = prepare_one(gts[k], preds[k], gsegs[k], psegs[k], categories, convention,
-                               image_index=k, image_id=ids[k])
-        if score is not None:
-            return score(k, prepared)
-        return match_image(prepared.pairs, prepared.gt, prepared.pred, len(categories))
-
-    n_workers = os.cpu_count() if workers is None else max(1, int(workers))
-    if n_workers == 1 or len(gts) == 1:
-        for k in range(len(gts)):
-            yield one(k)
-        return
-    with ThreadPoolExecutor(min(n_workers, len(gts)), thread_name_prefix="fastpq") as pool:
-        yield from pool.map(one, range(len(gts)))
+        score_images = functools.partial(score_on_cluster, client)
+    return coco.pq_compute(gt_json_file, pred_json_file, gt_folder, pred_folder, workers=workers,
+                           progress=progress, verbose=verbose, return_result=return_result,
+                           per_image=per_image, metric=metric, convention=convention,
+                           score_images=score_images)
 
 
-def prepare_one(gt, pred, gt_segments, pred_segments, categories: Categories,
-                convention: Convention, *, image_index=None, image_id=None) -> PreparedImage:
-    if convention.name == "coco":
-        return prepare_coco(gt, pred, gt_segments, pred_segments, categories,
-                            image_index=image_index, image_id=image_id)
-    return prepare_encoded(gt, pred, categories, convention, image_index=image_index,
-                           image_id=image_id)
+def evaluate_many(gt_json, pred_jsons: Mapping, *, gt_folder=None,
+                  pred_folders: Mapping | None = None, client=None, workers: int | None = None,
+                  progress: bool | None = None) -> dict:
+    """Panoptic Quality of several predictions against one COCO panoptic ground truth.
+
+    Parameters
+    ----------
+    gt_json : str or path
+        The ground-truth JSON (``annotations`` and ``categories``).
+    pred_jsons : mapping
+        ``{name: prediction JSON path}``; names are any hashable labels (checkpoint names).
+    gt_folder : str or path, optional
+        Ground-truth PNGs; default: ``gt_json`` with '.json' removed, as in ``pq_compute``.
+    pred_folders : mapping, optional
+        ``{name: prediction PNG folder}`` for some or all names; a name without one takes its
+        JSON path with '.json' removed.
+    client : distributed.Client, optional
+        Score on this Dask cluster (:func:`fastpq.scale.cluster.score_many_on_cluster`); the
+        workers read the PNGs at the same paths and ``workers`` is ignored.
+    workers : int, optional
+        Local threads, one image (its GT and every prediction) at a time each (default: the
+        number of cores).
+    progress : bool, optional
+        A tqdm bar on stderr (default: when stderr is a terminal).
+
+    Returns
+    -------
+    dict
+        ``{name: PQResult}`` in the order of ``pred_jsons``; each equals ``pq_compute(gt_json,
+        pred_jsons[name], gt_folder, pred_folders[name], return_result=True)``.
+
+    Raises
+    ------
+    InputError
+        No prediction given, or a ``pred_folders`` name that is not in ``pred_jsons``.
+    Exception
+        What ``pq_compute`` raises for the first bad input: a missing folder, an image without a
+        prediction (both the reference's plain ``Exception``), a bad PNG or segment table.
+    """
+    score_images = None
+    if client is not None:
+        from fastpq.scale.cluster import score_many_on_cluster
+
+        score_images = functools.partial(score_many_on_cluster, client)
+    return checkpoints.evaluate_many(gt_json, pred_jsons, gt_folder=gt_folder,
+                                     pred_folders=pred_folders, workers=workers,
+                                     progress=progress, score_images=score_images)

@@ -82,7 +82,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _eval(args) -> int:
-    from fastpq.io.coco import pq_compute
+    from fastpq.api import pq_compute
 
     if args.scheduler is None:
         result = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
@@ -103,7 +103,7 @@ def _eval(args) -> int:
 
 
 def _report(args) -> int:
-    from fastpq.io.coco import pq_compute
+    from fastpq.api import pq_compute
     from fastpq.analysis.report import write_report
 
     result = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,

@@ -122,7 +122,8 @@ def test_shard_size_does_not_change_the_result(client, dataset):
     gt_json, pred_json, gt_folder, pred_folder, categories = resolve_inputs(
         dataset["gt_json"], dataset["pred_json"])
     matched = pair_annotations(gt_json, pred_json, dataset["gt_json"], dataset["pred_json"])
-    expected = evaluate_files(matched, gt_folder, pred_folder, categories, workers=1).result()
+    acc, _ = evaluate_files(matched, gt_folder, pred_folder, categories, workers=1)
+    expected = acc.result()
     for shard_size in (1, 5, 100):
         _assert_same(evaluate_on_cluster(client, matched, gt_folder, pred_folder, categories,
                                          shard_size=shard_size), expected)

@@ -1,4 +1,4 @@
-"""Metric variants (fastpq.metrics.variants) against their peers.
+"""Metric variants (the modules of fastpq.metrics) against their peers.
 
 * ``convention='torchmetrics'``: torchmetrics' ``PanopticQuality`` on the same
   [category, instance] tensors, every per-class count and score;
@@ -15,7 +15,7 @@ from fastpq.datasets import synthetic
 from fastpq.core.categories import Categories
 from fastpq.core.inputs import PreparedImage
 from fastpq.core.segments import SegmentTable
-from fastpq.metrics.variants import torchmetrics_image
+from fastpq.metrics.torchmetrics_rules import torchmetrics_image
 
 COCO = Categories.coco_panoptic()
 THINGS = [c for c, t in zip(COCO.ids, COCO.isthing) if t]
@@ -250,3 +250,66 @@ def test_streaming_metric_variants(images):
         fastpq.PanopticQuality(COCO, metric="pc")
     with pytest.raises(ValueError, match="cannot merge"):
         fastpq.PanopticQuality(COCO).merge(fastpq.PanopticQuality(COCO, metric="pq_dagger"))
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+def test_registry_resolves_every_entry():
+    from fastpq.metrics import CONVENTIONS, METRICS, PQRecordsMetric, resolve_metric
+
+    assert list(METRICS) == ["pq", "pq_dagger", "pc"]
+    assert CONVENTIONS == ("panopticapi", "torchmetrics")
+    for name, by_convention in METRICS.items():
+        for convention, cls in by_convention.items():
+            metric = resolve_metric(name, convention)
+            assert type(metric) is cls
+            assert (metric.name, metric.convention) == (name, convention)
+    assert isinstance(resolve_metric("pq", per_image=True), PQRecordsMetric)
+    assert resolve_metric().on_device and resolve_metric().on_cluster
+    assert not resolve_metric(per_image=True).on_device
+    assert not any(resolve_metric(name, convention).on_cluster
+                   for name, convention in [("pq", "torchmetrics"), ("pq_dagger", "panopticapi"),
+                                            ("pc", "panopticapi")])
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(metric="PQ"), r"unknown metric 'PQ'; known: 'pq', 'pq_dagger', 'pc'"),
+    (dict(convention="detectron2"),
+     r"unknown convention 'detectron2'; known: 'panopticapi', 'torchmetrics'"),
+    (dict(metric="pc", convention="torchmetrics"), r"Parsing Covering's own rules"),
+    (dict(metric="pc", per_image=True), r"per_image records are kept for metric='pq'"),
+    (dict(convention="torchmetrics", per_image=True), r"per_image records are kept"),
+])
+def test_resolution_errors(options, message):
+    from fastpq.metrics import resolve_metric
+
+    with pytest.raises(fastpq.InputError, match=message):
+        resolve_metric(**options)
+
+
+def test_a_new_metric_is_one_class_and_one_registry_entry(images, monkeypatch):
+    """A metric registered in METRICS is reachable through evaluate and the streaming metric."""
+    import fastpq.metrics
+    from fastpq.metrics.pq import PQMetric
+
+    class ThingsOnlyPQ(PQMetric):
+        name = "pq_things"
+        on_cluster = on_device = False
+
+        def score(self, prepared, categories, index, image_id):
+            tp, fp, fn, iou = super().score(prepared, categories, index, image_id)
+            things = categories.thing_mask
+            return tp * things, fp * things, fn * things, iou * things
+
+    monkeypatch.setitem(fastpq.metrics.METRICS, "pq_things", {"panopticapi": ThingsOnlyPQ})
+    gts, preds, kwargs = as_coco_args(images)
+    result = fastpq.evaluate(gts, preds, metric="pq_things", workers=2, **kwargs)
+    plain = fastpq.evaluate(gts, preds, **kwargs)
+    assert result.metric == "pq_things"
+    assert result.things.as_dict() == plain.things.as_dict() and result.stuff.n == 0
+    streaming = fastpq.PanopticQuality(COCO, metric="pq_things")
+    streaming.update(gts[:2], preds[:2], gt_segments=kwargs["gt_segments"][:2],
+                     pred_segments=kwargs["pred_segments"][:2])
+    streaming.update(gts[2:], preds[2:], gt_segments=kwargs["gt_segments"][2:],
+                     pred_segments=kwargs["pred_segments"][2:])
+    assert streaming.compute().to_dict() == result.to_dict()

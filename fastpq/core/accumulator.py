@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastpq.core.categories import Categories
+from fastpq.core.result import PQResult
 from fastpq.core.sums import two_sum
 
 
@@ -90,12 +91,22 @@ class PQAccumulator:
         """The IoU sums, rounded to float64."""
         return self.iou + self.iou_err
 
-    def result(self):
-        """The :class:`~fastpq.core.result.PQResult` of what was accumulated."""
-        from fastpq.core.result import PQResult
+    def result(self, *, per_image=None, metric: str = "pq", convention: str = "panopticapi"):
+        """The :class:`~fastpq.core.result.PQResult` of what was accumulated.
 
+        The one place a result is built from accumulated sums: every front door ends here.
+
+        Parameters
+        ----------
+        per_image : list of ImageRecord, optional
+            The records of the accumulated images, in input order.
+        metric, convention : str
+            What the sums score and under whose rules (:mod:`fastpq.metrics`); the convention
+            picks the per-class formulas.
+        """
         return PQResult(self.categories, self.tp.copy(), self.fp.copy(), self.fn.copy(),
-                        self.iou_sum(), n_images=self.n_images)
+                        self.iou_sum(), n_images=self.n_images, per_image=per_image,
+                        metric=metric, convention=convention)
 
     def __eq__(self, other):
         return (isinstance(other, PQAccumulator) and self.categories == other.categories
@@ -134,3 +145,50 @@ class PQAccumulator:
         other = PQAccumulator.from_dict(state)
         for k in self.__slots__:
             setattr(self, k, getattr(other, k))
+
+
+class RecordingAccumulator:
+    """A :class:`PQAccumulator` and the per-image records of the images it holds.
+
+    ``add_image((tp, fp, fn, iou), record)`` takes the partial of
+    :class:`fastpq.metrics.pq.PQRecordsMetric`. Records are kept in the order images are added
+    (input order: the runner delivers in order), and :meth:`merge` appends the other
+    accumulator's records, so merge accumulators in input order.
+
+    Parameters
+    ----------
+    sums : PQAccumulator
+        The sums added to (the streaming metric passes its own state).
+    records : list, optional
+        The list records are appended to (default: a new one).
+    """
+
+    __slots__ = ("sums", "records")
+
+    def __init__(self, sums: PQAccumulator, records: list | None = None):
+        self.sums = sums
+        self.records = [] if records is None else records
+
+    @property
+    def categories(self) -> Categories:
+        return self.sums.categories
+
+    @property
+    def n_images(self) -> int:
+        return self.sums.n_images
+
+    def add_image(self, sums, record) -> None:
+        """Add one image's ``(tp, fp, fn, iou)`` and keep its record."""
+        self.sums.add_image(*sums)
+        self.records.append(record)
+
+    def merge(self, other: "RecordingAccumulator") -> "RecordingAccumulator":
+        """Add ``other`` (the images that follow this one's) in place and return self."""
+        self.sums.merge(other.sums)
+        self.records.extend(other.records)
+        return self
+
+    def result(self, *, per_image=None, metric: str = "pq", convention: str = "panopticapi"):
+        """:meth:`PQAccumulator.result` carrying these records (or ``per_image`` when given)."""
+        return self.sums.result(per_image=self.records if per_image is None else per_image,
+                                metric=metric, convention=convention)

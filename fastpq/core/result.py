@@ -52,7 +52,13 @@ class SplitScore:
         return {"pq": self.pq, "sq": self.sq, "rq": self.rq, "n": self.n}
 
 
-def _torchmetrics_scores(tp: int, fp: int, fn: int, iou: float) -> tuple[float, float, float]:
+def reference_class_scores(tp: int, fp: int, fn: int, iou: float) -> tuple[float, float, float]:
+    """panopticapi's per-class ``(pq, sq, rq)`` in float64 (SPEC §2.6); tp + fp + fn > 0."""
+    den = tp + 0.5 * fp + 0.5 * fn
+    return iou / den, iou / tp if tp != 0 else 0.0, tp / den
+
+
+def torchmetrics_class_scores(tp: int, fp: int, fn: int, iou: float) -> tuple[float, float, float]:
     """torchmetrics' per-class compute: its int32 counts times 0.5 are float32 tensors, so the
     denominator and ``rq`` are float32; ``sq`` is float64 and ``pq = sq * rq`` (SPEC §3.2, §3.3)."""
     half = np.float32(0.5)
@@ -60,6 +66,23 @@ def _torchmetrics_scores(tp: int, fp: int, fn: int, iou: float) -> tuple[float, 
     rq = float(np.float32(tp) / den)
     sq = iou / tp if tp != 0 else 0.0
     return sq * rq, sq, rq
+
+
+def reference_split_rq(rq_sum: float, n: int) -> float:
+    """panopticapi's split RQ: the float64 mean."""
+    return rq_sum / n
+
+
+def torchmetrics_split_rq(rq_sum: float, n: int) -> float:
+    """torchmetrics' split RQ: ``torch.mean`` of its float32 per-class ``rq``."""
+    return float(np.float32(rq_sum / n))
+
+
+#: ``{convention: (per-class scores, split RQ)}``: how each convention turns counts into scores.
+SCORE_RULES = {
+    "panopticapi": (reference_class_scores, reference_split_rq),
+    "torchmetrics": (torchmetrics_class_scores, torchmetrics_split_rq),
+}
 
 
 class PQResult:
@@ -74,7 +97,7 @@ class PQResult:
     per_image : list of fastpq.core.records.ImageRecord or None
         Per-image records when asked for (``per_image=True``), in input order.
     metric : {'pq', 'pq_dagger'}
-        What was scored (:mod:`fastpq.metrics.variants`); for 'pq_dagger' a stuff class's ``tp`` counts
+        What was scored (:mod:`fastpq.metrics`); for 'pq_dagger' a stuff class's ``tp`` counts
         its ground-truth segments and its ``iou`` sums IoUs without the 0.5 threshold.
     convention : {'panopticapi', 'torchmetrics'}
         The rules the counts follow; under 'torchmetrics' the scores are computed as torchmetrics
@@ -92,24 +115,21 @@ class PQResult:
         self.iou = np.asarray(iou, np.float64)
         self.n_images = n_images
         self.per_image = per_image
+        class_scores, split_rq = SCORE_RULES[convention]
         self.per_class: dict[int, ClassScore] = {}
         for k, cid in enumerate(categories.ids):
             tp_k, fp_k, fn_k = int(self.tp[k]), int(self.fp[k]), int(self.fn[k])
             iou_k = float(self.iou[k])
             if tp_k + fp_k + fn_k == 0:
                 pq = sq = rq = 0.0
-            elif convention == "torchmetrics":
-                pq, sq, rq = _torchmetrics_scores(tp_k, fp_k, fn_k, iou_k)
             else:
-                den = tp_k + 0.5 * fp_k + 0.5 * fn_k
-                pq = iou_k / den
-                sq = iou_k / tp_k if tp_k != 0 else 0.0
-                rq = tp_k / den
+                pq, sq, rq = class_scores(tp_k, fp_k, fn_k, iou_k)
             self.per_class[cid] = ClassScore(cid, categories.names[k], categories.isthing[k],
                                              pq, sq, rq, tp_k, fp_k, fn_k, iou_k)
-        self.all, self.things, self.stuff = (self._split(isthing) for _, isthing in SPLITS)
+        self.all, self.things, self.stuff = (self._split(isthing, split_rq)
+                                             for _, isthing in SPLITS)
 
-    def _split(self, isthing) -> SplitScore:
+    def _split(self, isthing, split_rq) -> SplitScore:
         pq = sq = rq = 0.0
         n = 0
         for row in self.per_class.values():
@@ -123,9 +143,7 @@ class PQResult:
             rq += row.rq
         if n == 0:
             return SplitScore(0.0, 0.0, 0.0, 0)
-        if self.convention == "torchmetrics":  # torch.mean of its float32 per-class rq
-            return SplitScore(pq / n, sq / n, float(np.float32(rq / n)), n)
-        return SplitScore(pq / n, sq / n, rq / n, n)
+        return SplitScore(pq / n, sq / n, split_rq(rq, n), n)
 
     # -- convenience -----------------------------------------------------------------------------
     @property

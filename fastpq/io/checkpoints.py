@@ -2,25 +2,25 @@
 
 Each ground-truth PNG is decoded once per image and paired with every prediction's PNG of that
 image; each prediction is then scored exactly as :func:`fastpq.pq_compute` scores it alone (the
-same :func:`fastpq.io.coco.evaluate_pair`, the same accumulator), so the results equal separate runs.
+same :func:`fastpq.io.coco.prepare_pair`, metric and accumulator), so the results equal separate
+runs. ``fastpq.evaluate_many`` is :func:`fastpq.api.evaluate_many`, which adds ``client=``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
-from fastpq.core.accumulator import PQAccumulator
 from fastpq.core.categories import Categories
-from fastpq.io.coco import _bounded_map, _progress_bar, _read, evaluate_pair, load_json, pair_annotations
-from fastpq.errors import InputError, SuspectDataWarning
+from fastpq.core.runner import ordered_map, warn_suspect_data
+from fastpq.errors import InputError
+from fastpq.io.coco import load_json, pair_annotations, prepare_pair, read_ground_truth
+from fastpq.metrics import DEFAULT_METRIC
 
 
 def evaluate_many(gt_json, pred_jsons: Mapping, *, gt_folder=None,
-                  pred_folders: Mapping | None = None, client=None, workers: int | None = None,
-                  progress: bool | None = None) -> dict:
+                  pred_folders: Mapping | None = None, workers: int | None = None,
+                  progress: bool | None = None, score_images=None) -> dict:
     """Panoptic Quality of several predictions against one COCO panoptic ground truth.
 
     Parameters
@@ -34,14 +34,15 @@ def evaluate_many(gt_json, pred_jsons: Mapping, *, gt_folder=None,
     pred_folders : mapping, optional
         ``{name: prediction PNG folder}`` for some or all names; a name without one takes its
         JSON path with '.json' removed.
-    client : distributed.Client, optional
-        Score on this Dask cluster (:mod:`fastpq.scale.cluster`); the workers read the PNGs at the same
-        paths and ``workers`` is ignored.
     workers : int, optional
         Local threads, one image (its GT and every prediction) at a time each (default: the
         number of cores).
     progress : bool, optional
         A tqdm bar on stderr (default: when stderr is a terminal).
+    score_images : callable, optional
+        ``score_images(images, gt_folder, pred_folders, categories, progress=)`` scores the
+        images elsewhere (a Dask cluster: ``fastpq.evaluate_many(..., client=)``) and returns
+        ``({name: PQAccumulator}, notes)`` as :func:`evaluate_files_many` does, the default.
 
     Returns
     -------
@@ -80,19 +81,19 @@ def evaluate_many(gt_json, pred_jsons: Mapping, *, gt_folder=None,
               for name, path in pred_jsons.items()}
     images = [(gt_ann, {name: paired[name][k][1] for name in paired})
               for k, gt_ann in enumerate(gt["annotations"])]
-    if client is not None:
-        from fastpq.scale.cluster import evaluate_many_on_cluster
-
-        return evaluate_many_on_cluster(client, images, gt_folder, folders, categories,
-                                        progress=progress)
-    accumulators = evaluate_files_many(images, gt_folder, folders, categories, workers=workers,
-                                       progress=progress)
-    return {name: acc.result() for name, acc in accumulators.items()}
+    if score_images is None:
+        accumulators, notes = evaluate_files_many(images, gt_folder, folders, categories,
+                                                  workers=workers, progress=progress)
+    else:
+        accumulators, notes = score_images(images, gt_folder, folders, categories,
+                                           progress=progress)
+    warn_suspect_data(notes)
+    return {name: DEFAULT_METRIC.result(acc) for name, acc in accumulators.items()}
 
 
 def evaluate_files_many(images: Sequence[tuple], gt_folder, pred_folders: Mapping,
                         categories: Categories, *, workers: int | None = None,
-                        progress: bool | None = None, first_index: int = 0) -> dict:
+                        progress: bool | None = None, first_index: int = 0) -> tuple:
     """Score several predictions per image with threads, decoding each GT PNG once.
 
     Parameters
@@ -112,41 +113,31 @@ def evaluate_files_many(images: Sequence[tuple], gt_folder, pred_folders: Mappin
 
     Returns
     -------
-    dict
-        ``{name: PQAccumulator}``, images added in input order. Suspect ground truth is reported
-        once per image (the notes depend on the GT only), as
-        :class:`~fastpq.errors.SuspectDataWarning`.
+    accumulators : dict
+        ``{name: PQAccumulator}``, images added in input order.
+    notes : list of str
+        Suspect ground truth, once per image (the notes depend on the GT only), in image order,
+        for :func:`fastpq.core.runner.warn_suspect_data`.
     """
-    accumulators = {name: PQAccumulator(categories) for name in pred_folders}
-    n_workers = max(1, min(os.cpu_count() or 1, len(images)) if workers is None else int(workers))
-    bar = _progress_bar(len(images), progress)
+    metric = DEFAULT_METRIC
+    accumulators = {name: metric.accumulator(categories) for name in pred_folders}
+    notes = []
 
-    def one(k):
+    def step(k):
         gt_ann, pred_anns = images[k]
-        gt_ids = _read(os.path.join(gt_folder, gt_ann["file_name"]), gt_ann["image_id"],
-                       "ground-truth")
-        return {name: evaluate_pair(gt_ann, pred_anns[name], gt_folder, folder, categories,
-                                    image_index=first_index + k, gt_ids=gt_ids)
-                for name, folder in pred_folders.items()}
+        gt_ids = read_ground_truth(gt_ann, gt_folder)
+        scored = {}
+        for name, folder in pred_folders.items():
+            prepared, image_notes = prepare_pair(gt_ann, pred_anns[name], gt_folder, folder,
+                                                 categories, image_index=first_index + k,
+                                                 gt_ids=gt_ids)
+            scored[name] = (metric.score(prepared, categories, first_index + k,
+                                         gt_ann["image_id"]), image_notes)
+        return scored
 
-    try:
-        if n_workers == 1 or len(images) <= 1:
-            _accumulate_many(map(one, range(len(images))), accumulators, bar)
-        else:
-            with ThreadPoolExecutor(n_workers, thread_name_prefix="fastpq-many") as pool:
-                _accumulate_many(_bounded_map(pool, one, len(images), 4 * n_workers),
-                                 accumulators, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    return accumulators
-
-
-def _accumulate_many(results, accumulators: dict, bar) -> None:
-    for per_name in results:
-        for note in dict.fromkeys(note for _, notes in per_name.values() for note in notes):
-            warnings.warn(note, SuspectDataWarning, stacklevel=4)
-        for name, (match, _) in per_name.items():
-            accumulators[name].add_image(match.tp, match.fp, match.fn, match.iou)
-        if bar is not None:
-            bar.update(1)
+    for scored in ordered_map(step, len(images), workers, progress=progress):
+        notes.extend(dict.fromkeys(note for _, image_notes in scored.values()
+                                   for note in image_notes))
+        for name, (partial, _) in scored.items():
+            accumulators[name].add_image(*partial)
+    return accumulators, notes

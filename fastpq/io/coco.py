@@ -16,17 +16,15 @@ import os
 import sys
 import threading
 import time
-import warnings
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from fastpq.core.accumulator import PQAccumulator
 from fastpq.core.categories import Categories
-from fastpq.errors import DecodeError, InputError, SuspectDataWarning
 from fastpq.core.inputs import PreparedImage
-from fastpq.kernels import pairs as pair_kernels
-from fastpq.core.matching import ImageMatch, match_image
+from fastpq.core.runner import ordered_map, warn_suspect_data
 from fastpq.core.segments import coco_table
+from fastpq.errors import DecodeError, InputError
+from fastpq.kernels import pairs as pair_kernels
+from fastpq.metrics import DEFAULT_METRIC, Metric, resolve_metric
 
 
 def load_json(path, role: str) -> dict:
@@ -107,22 +105,9 @@ def _decode(data, path, image_id, role):
         raise DecodeError(f"image id {image_id!r}: {e}") from None
 
 
-def evaluate_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categories: Categories,
-                  image_index=None, gt_ids=None) -> tuple[ImageMatch, list[str]]:
-    """One image of a COCO panoptic dataset, as the reference scores it.
-
-    ``gt_ids`` is the decoded ground-truth PNG when the caller already has it (``evaluate_many``
-    decodes it once for several predictions); it is read from ``gt_folder`` otherwise.
-    Returns the match and the warnings (strings) about suspect ground truth.
-    """
-    prepared, notes = prepare_pair(gt_ann, pred_ann, gt_folder, pred_folder, categories,
-                                   image_index, gt_ids)
-    return match_image(prepared.pairs, prepared.gt, prepared.pred, len(categories)), notes
-
-
 def prepare_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categories: Categories,
                  image_index=None, gt_ids=None) -> tuple[PreparedImage, list[str]]:
-    """Read and check one image as the reference does (:func:`evaluate_pair` without the match).
+    """Read and check one image as the reference does.
 
     Returns the pair table and segment tables (GT areas from the JSON) and the warnings about
     suspect ground truth.
@@ -194,113 +179,60 @@ def _suspect_ground_truth(table, present, area, image_id, gt_path) -> list[str]:
     return notes
 
 
+def read_ground_truth(gt_ann: dict, gt_folder):
+    """The decoded ground-truth PNG of one annotation, for :func:`prepare_pair`'s ``gt_ids``
+    (several predictions of one image share it: :mod:`fastpq.io.checkpoints`).
+
+    The array is this thread's reused buffer: valid until the thread decodes its next
+    ground-truth PNG.
+    """
+    return _read(os.path.join(gt_folder, gt_ann["file_name"]), gt_ann["image_id"],
+                 "ground-truth")
+
+
 def evaluate_files(matched: Sequence[tuple], gt_folder, pred_folder, categories: Categories, *,
-                   workers: int | None = None, progress: bool | None = None,
-                   on_image=None, first_index: int = 0) -> PQAccumulator:
-    """Score (gt_ann, pred_ann) pairs with threads; images are added in input order.
+                   metric: Metric = DEFAULT_METRIC, workers: int | None = None,
+                   progress: bool | None = None, first_index: int = 0) -> tuple:
+    """Score (gt_ann, pred_ann) pairs on threads, each image read and checked as the reference
+    does (:func:`prepare_pair`) and scored by ``metric``; images are added in input order.
 
-    ``first_index`` is the index that error messages give the first pair (a shard of a longer
-    list, as on a Dask cluster, keeps the indices of the whole list).
+    Parameters
+    ----------
+    matched : sequence of (dict, dict)
+        As :func:`pair_annotations` returns them.
+    gt_folder, pred_folder : str or path
+    categories : Categories
+    metric : fastpq.metrics.protocol.Metric
+        Default: Panoptic Quality under the reference's rules.
+    workers : int or None
+        Threads (:func:`fastpq.core.runner.worker_count`; None: every core).
+    progress : bool or None
+        A tqdm bar on stderr (None: when stderr is a terminal).
+    first_index : int
+        The index that error messages and records give the first pair (a shard of a longer
+        list, as on a Dask cluster, keeps the indices of the whole list).
 
-    ``on_image(index, match)`` is called for each image in order (per-image records).
+    Returns
+    -------
+    accumulator
+        ``metric.accumulator(categories)`` with every image added.
+    notes : list of str
+        The suspect-data notes of the images, in image order, for
+        :func:`fastpq.core.runner.warn_suspect_data`.
     """
-    acc = PQAccumulator(categories)
-    n_workers = max(1, min(os.cpu_count() or 1, len(matched)) if workers is None else int(workers))
-    bar = _progress_bar(len(matched), progress)
+    acc = metric.accumulator(categories)
+    notes = []
 
-    def one(k):
+    def step(k):
         gt_ann, pred_ann = matched[k]
-        return evaluate_pair(gt_ann, pred_ann, gt_folder, pred_folder, categories,
-                             image_index=first_index + k)
+        prepared, image_notes = prepare_pair(gt_ann, pred_ann, gt_folder, pred_folder, categories,
+                                             image_index=first_index + k)
+        return metric.score(prepared, categories, first_index + k, gt_ann["image_id"]), image_notes
 
-    try:
-        if n_workers == 1 or len(matched) <= 1:
-            results: Iterable = map(one, range(len(matched)))
-            _accumulate(results, acc, bar, on_image)
-        else:
-            with ThreadPoolExecutor(n_workers, thread_name_prefix="fastpq-files") as pool:
-                _accumulate(_bounded_map(pool, one, len(matched), 4 * n_workers), acc, bar,
-                            on_image)
-    finally:
-        if bar is not None:
-            bar.close()
-    return acc
-
-
-def score_files(matched: Sequence[tuple], gt_folder, pred_folder, scoring, *,
-                workers: int | None = None, progress: bool | None = None):
-    """:func:`evaluate_files` with a :class:`fastpq.metrics.variants.Scoring` in place of the reference's
-    matcher and accumulator (metric variants, per-image records).
-
-    Each image is read and checked as the reference does; ``scoring.score`` runs in the threads
-    and ``scoring.add`` in input order. Returns ``scoring.result()``.
-    """
-    n_workers = max(1, min(os.cpu_count() or 1, len(matched)) if workers is None else int(workers))
-    bar = _progress_bar(len(matched), progress)
-
-    def one(k):
-        gt_ann, pred_ann = matched[k]
-        prepared, notes = prepare_pair(gt_ann, pred_ann, gt_folder, pred_folder,
-                                       scoring.categories, image_index=scoring.first_index + k)
-        return scoring.score(k, prepared), notes
-
-    try:
-        with ThreadPoolExecutor(n_workers, thread_name_prefix="fastpq-files") as pool:
-            results = (map(one, range(len(matched))) if n_workers == 1
-                       else _bounded_map(pool, one, len(matched), 4 * n_workers))
-            for scores, notes in results:
-                for note in notes:
-                    warnings.warn(note, SuspectDataWarning, stacklevel=3)
-                scoring.add(scores)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return scoring.result()
-
-
-def _bounded_map(pool, fn, n, window, chunk=8):
-    """Like pool.map, in order, with at most ``window`` tasks in flight (bounded memory).
-
-    A task is ``chunk`` consecutive images: fewer hand-offs between the threads than one task per
-    image, each of which waits for the GIL.
-    """
-    from collections import deque
-
-    def run(start):
-        return [fn(k) for k in range(start, min(start + chunk, n))]
-
-    pending = deque()
-    for start in range(0, n, chunk):
-        pending.append(pool.submit(run, start))
-        if len(pending) >= window:
-            yield from pending.popleft().result()
-    while pending:
-        yield from pending.popleft().result()
-
-
-def _accumulate(results, acc, bar, on_image):
-    for k, (match, notes) in enumerate(results):
-        for note in notes:
-            warnings.warn(note, SuspectDataWarning, stacklevel=4)
-        acc.add_image(match.tp, match.fp, match.fn, match.iou)
-        if on_image is not None:
-            on_image(k, match)
-        if bar is not None:
-            bar.update(1)
-
-
-def _progress_bar(total, progress):
-    if progress is None:
-        progress = sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    if not progress:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="img", file=sys.stderr, desc="fastpq")
+    for partial, image_notes in ordered_map(step, len(matched), workers, progress=progress):
+        acc.add_image(*partial)
+        notes += image_notes
+    return acc, notes
 
 
 def resolve_inputs(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None):
@@ -316,39 +248,25 @@ def resolve_inputs(gt_json_file, pred_json_file, gt_folder=None, pred_folder=Non
 
 def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *,
                workers: int | None = None, progress: bool | None = None, verbose: bool = True,
-               return_result: bool = False, client=None, per_image: bool = False,
-               metric: str = "pq", convention: str = "panopticapi"):
-    """panopticapi's ``pq_compute``: the same signature, defaults, errors, table and return dict.
+               return_result: bool = False, per_image: bool = False, metric: str = "pq",
+               convention: str = "panopticapi", score_images=None):
+    """panopticapi's ``pq_compute`` on this process's threads (``fastpq.pq_compute`` is
+    :func:`fastpq.api.pq_compute`, which adds ``client=``).
 
-    Parameters
-    ----------
-    gt_json_file, pred_json_file : str or path
-        COCO panoptic JSON files. Folders default to the JSON paths with '.json' removed.
-    workers : int, optional
-        Threads decoding and scoring images (default: the number of cores). Nothing outlives
-        the call. The numbers do not depend on it.
-    progress : bool, optional
-        A tqdm bar on stderr (default: when stderr is a terminal).
-    verbose : bool
-        Print the reference's header and table on ``sys.stdout``.
-    return_result : bool
-        Return the :class:`~fastpq.core.result.PQResult` instead of the reference's dict.
-    client : distributed.Client, optional
-        Score the images on this Dask cluster instead (:mod:`fastpq.scale.cluster`); its workers read
-        the PNGs at the same paths, and ``workers`` is ignored. The numbers are the same.
-    per_image, metric, convention
-        As in :func:`fastpq.evaluate` (``metric`` and ``convention`` not with ``client``). Under
-        the 'torchmetrics' convention GT areas are pixel counts, and GT ids missing from the JSON
-        are void.
+    Parameters are those of :func:`fastpq.api.pq_compute` but ``client``, and:
+
+    score_images : callable, optional
+        ``score_images(matched, gt_folder, pred_folder, categories, metric, progress=)`` scores
+        the paired annotations elsewhere (a Dask cluster) and returns ``(accumulator, notes)``
+        as :func:`evaluate_files` does, which is the default.
 
     Returns
     -------
-    dict
-        ``{'All': {pq, sq, rq, n}, 'Things': ..., 'Stuff': ..., 'per_class': {cat_id: {pq, sq,
-        rq, tp, fp, fn, iou}}}`` — a split with no category gives 0.0 and n = 0 where the
-        reference raises ZeroDivisionError.
+    dict or PQResult or CoveringResult
+        As :func:`fastpq.api.pq_compute`.
     """
     start = time.time()
+    scoring = resolve_metric(metric, convention, per_image=per_image)
     gt_json, pred_json, gt_folder, pred_folder, categories = resolve_inputs(
         gt_json_file, pred_json_file, gt_folder, pred_folder)
     out = sys.stdout if verbose else None
@@ -358,24 +276,14 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, *
     if not os.path.isdir(pred_folder):
         raise Exception("Folder {} with predicted segmentations doesn't exist".format(pred_folder))
     matched = pair_annotations(gt_json, pred_json, gt_json_file, pred_json_file)
-    if client is not None:
-        from fastpq.scale.cluster import evaluate_on_cluster
-
-        if metric != "pq" or convention != "panopticapi":
-            raise InputError("metric and convention are not available with a Dask client; "
-                             "evaluate without client=")
-        result = evaluate_on_cluster(client, matched, gt_folder, pred_folder, categories,
-                                     progress=progress, per_image=per_image)
-    elif per_image or metric != "pq" or convention != "panopticapi":
-        from fastpq.metrics.variants import Scoring
-
-        scoring = Scoring(categories, metric=metric, convention=convention, per_image=per_image,
-                          image_ids=[gt_ann["image_id"] for gt_ann, _ in matched])
-        result = score_files(matched, gt_folder, pred_folder, scoring, workers=workers,
-                             progress=progress)
+    if score_images is None:
+        acc, notes = evaluate_files(matched, gt_folder, pred_folder, categories, metric=scoring,
+                                    workers=workers, progress=progress)
     else:
-        result = evaluate_files(matched, gt_folder, pred_folder, categories, workers=workers,
-                                progress=progress).result()
+        acc, notes = score_images(matched, gt_folder, pred_folder, categories, scoring,
+                                  progress=progress)
+    warn_suspect_data(notes)
+    result = scoring.result(acc)
     if out is not None:
         print(result.table(), file=out)
         print("Time elapsed: {:0.2f} seconds".format(time.time() - start), file=out)

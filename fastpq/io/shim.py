@@ -48,9 +48,11 @@ from collections import defaultdict
 import numpy as np
 
 from fastpq.core.categories import Categories
-from fastpq.io.coco import evaluate_files
-from fastpq.io.coco import pq_compute as _coco_pq_compute
 from fastpq.core.result import PQResult
+from fastpq.core.runner import warn_suspect_data
+from fastpq.io.coco import evaluate_files
+from fastpq.io.coco import pq_compute as local_pq_compute
+from fastpq.metrics.pq import PQMetric
 
 __all__ = ["install_as_panopticapi", "uninstall_panopticapi_shim", "OFFSET", "VOID", "PQStatCat",
            "PQStat", "pq_compute_single_core", "pq_compute_multi_core", "pq_compute", "rgb2id",
@@ -261,16 +263,34 @@ def _category_table(categories) -> Categories:
     return Categories.from_coco([dict(info, id=cid) for cid, info in categories.items()])
 
 
+class PredAreaWritingPQ(PQMetric):
+    """Panoptic Quality that also writes each predicted segment's pixel count into the caller's
+    ``segments_info`` dicts as ``area`` (an int), as the reference's worker does.
+
+    Parameters
+    ----------
+    matched : sequence of (dict, dict)
+        The annotation pairs of the run, by image index.
+    """
+
+    def __init__(self, matched):
+        self.matched = matched
+
+    def score(self, prepared, categories, index, image_id):
+        match = self.match(prepared, categories)
+        # each image writes only its own dicts, so the threads never share one
+        for segment, area in zip(self.matched[index][1]["segments_info"],
+                                 match.pred_area.tolist()):
+            segment["area"] = int(area)
+        return match.tp, match.fp, match.fn, match.iou
+
+
 def _score(annotation_set, gt_folder, pred_folder, categories, workers) -> PQStat:
     matched = [(gt_ann, pred_ann) for gt_ann, pred_ann in annotation_set]
-
-    def record_pred_areas(index, match):
-        # The reference writes each predicted segment's pixel count into the caller's dict.
-        for segment, area in zip(matched[index][1]["segments_info"], match.pred_area.tolist()):
-            segment["area"] = int(area)
-
-    acc = evaluate_files(matched, gt_folder, pred_folder, _category_table(categories),
-                         workers=workers, progress=False, on_image=record_pred_areas)
+    acc, notes = evaluate_files(matched, gt_folder, pred_folder, _category_table(categories),
+                                metric=PredAreaWritingPQ(matched), workers=workers,
+                                progress=False)
+    warn_suspect_data(notes)
     stat = PQStat()
     iou = acc.iou_sum()
     for k, cid in enumerate(acc.categories.ids):
@@ -331,7 +351,7 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None):
     Prints the reference's header and table on ``sys.stdout`` and returns its dict (per-class
     rows also carry ``tp``, ``fp``, ``fn`` and ``iou``).
     """
-    return _coco_pq_compute(gt_json_file, pred_json_file, gt_folder, pred_folder)
+    return local_pq_compute(gt_json_file, pred_json_file, gt_folder, pred_folder)
 
 
 # -- registration ---------------------------------------------------------------------------------

@@ -1,17 +1,18 @@
 """COCO panoptic files scored on a Dask cluster (``pip install fastpq[dask]``).
 
 ``fastpq.pq_compute(..., client=client)`` and ``fastpq.evaluate_many(..., client=client)`` come
-here. The image list is cut into shards of consecutive images. Each shard is one task that scores
+here (through :func:`fastpq.api.pq_compute` and :func:`fastpq.api.evaluate_many`, which hand
+:func:`score_on_cluster` or :func:`score_many_on_cluster` to the local file run). The image list is
+cut into shards of consecutive images. Each shard is one task (:func:`evaluate_shard`) that scores
 its images with the file path of a local run (:func:`fastpq.io.coco.evaluate_files`, or
 :func:`fastpq.io.checkpoints.evaluate_files_many` for several predictions) on the threads of the
 worker running it, and returns a :class:`Partial`: per-category accumulators, the image range it
 covers and its suspect-data notes, a few kilobytes and never pixels. Partials are merged on the
 cluster by a tree of merge tasks as the shards finish; only the root comes back to the client.
 
-With ``per_image=True`` a shard scores its images through :func:`fastpq.io.coco.score_files` and a
-per-image :class:`~fastpq.metrics.variants.Scoring`, and its partial also carries its
-:class:`~fastpq.core.records.ImageRecord` list (O(segments) each, still no pixels); the records travel
-up the merge tree and come back in input order.
+With ``per_image=True`` (the metric :class:`~fastpq.metrics.pq.PQRecordsMetric`) a shard's partial
+also carries its :class:`~fastpq.core.records.ImageRecord` list (O(segments) each, still no
+pixels); the records travel up the merge tree and come back in input order.
 
 How the annotations travel
     The client reads both JSON files (it has to: the pairing of images, the reference's "no
@@ -22,7 +23,7 @@ How the annotations travel
     Not ``client.scatter``: scattered data has no lineage, so a shard whose annotations sat on a
     worker that died could not rerun elsewhere. Not loading the JSON on the workers from a shared
     path: each task would parse the whole file for its few images. At most
-    ``_SHARDS_PER_THREAD`` shards per worker thread are in flight and the next is submitted as
+    :data:`SHARDS_PER_THREAD` shards per worker thread are in flight and the next is submitted as
     one finishes, so the scheduler holds the annotations of a few shards, not the whole JSON.
 
 The PNGs are read by the workers at the paths the client gives, made absolute: the folders must be
@@ -48,38 +49,38 @@ Errors and warnings
     Bad input raises the exception of the first bad image in input order, as a local run does: no
     shard is submitted after a failure, the shards in flight finish, and the error of the earliest
     failed shard is raised (shards are submitted in order, so every earlier one has run).
-    :class:`~fastpq.errors.SuspectDataWarning` notes are caught on the workers and emitted on the
-    client in image order.
+    Suspect-data notes come back from the shards as values (:attr:`Partial.notes`) and are
+    emitted on the client, in image order, as :class:`~fastpq.errors.SuspectDataWarning`.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import threading
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import NamedTuple
 
-import numpy as np
-
-from fastpq.core.accumulator import PQAccumulator
+from fastpq.core.accumulator import RecordingAccumulator
 from fastpq.core.categories import Categories
-from fastpq.errors import SuspectDataWarning
 from fastpq.core.result import PQResult
+from fastpq.core.runner import progress_bar, warn_suspect_data
+from fastpq.errors import InputError
+from fastpq.io.checkpoints import evaluate_files_many
+from fastpq.io.coco import evaluate_files
+from fastpq.metrics import DEFAULT_METRIC, Metric, resolve_metric
 
 _INSTALL_HINT = "fastpq's Dask evaluation needs dask.distributed: pip install fastpq[dask]"
 
-_SHARDS_PER_THREAD = 2
+SHARDS_PER_THREAD = 2
 """Shards in flight per worker thread: one running, one queued so that no thread waits."""
 
-_SHARDS_PER_THREAD_TOTAL = 4
+SHARDS_PER_THREAD_TOTAL = 4
 """The default shard size cuts the images into about this many shards per worker thread, so
 that a slow or lost worker delays the end by a small part of the run."""
 
-_SHARD_SIZE_LIMITS = (8, 1000)
+SHARD_SIZE_LIMITS = (8, 1000)
 """Default shard size bounds in images. An empty shard's round trip takes 10-25 ms on a loaded
 2-core machine (bench/bench_cluster.py), mostly latency that overlaps the previous shard's work
 since two shards per thread are in flight; an image takes 2-8 ms of one thread at 640x480. The
@@ -87,9 +88,6 @@ upper bound keeps the rerun of a shard after a worker loss a matter of seconds."
 
 _MERGE_FAN_IN = 8
 """Partials per merge task."""
-
-# catch_warnings changes process-wide state: one shard per worker process at a time uses it
-_NOTES_LOCK = threading.Lock()
 
 
 def _import_distributed():
@@ -113,7 +111,7 @@ class Partial(NamedTuple):
         ``(first image of a shard, its suspect-data notes in image order)``, shards with notes
         only.
     records : tuple of (int, list of ImageRecord)
-        ``(first image of a shard, its per-image records)``; empty without ``per_image``.
+        ``(first image of a shard, its per-image records)``; empty without records.
     """
 
     ranges: tuple
@@ -140,9 +138,9 @@ def connect(address: str):
     return _import_distributed().Client(address)
 
 
-def evaluate_on_cluster(client, matched: Sequence[tuple], gt_folder, pred_folder,
-                        categories: Categories, *, progress: bool | None = None,
-                        shard_size: int | None = None, per_image: bool = False) -> PQResult:
+def score_on_cluster(client, matched: Sequence[tuple], gt_folder, pred_folder,
+                     categories: Categories, metric: Metric = DEFAULT_METRIC, *,
+                     progress: bool | None = None, shard_size: int | None = None) -> tuple:
     """Score (gt_ann, pred_ann) pairs on a Dask cluster, as :func:`fastpq.io.coco.evaluate_files`.
 
     Parameters
@@ -150,89 +148,137 @@ def evaluate_on_cluster(client, matched: Sequence[tuple], gt_folder, pred_folder
     client : distributed.Client
         A client of the cluster; its workers must see the folders at the same paths.
     matched : sequence of (dict, dict)
-        GT and prediction annotations, paired as :func:`fastpq.io.coco.pair_annotations` pairs them.
+        GT and prediction annotations, paired as :func:`fastpq.io.coco.pair_annotations` pairs
+        them.
     gt_folder, pred_folder : str or os.PathLike
         The PNG folders.
     categories : Categories
+    metric : Metric
+        One whose ``on_cluster`` is true: Panoptic Quality under the reference's rules, with or
+        without per-image records.
     progress : bool, optional
         A tqdm bar on stderr, advanced as shards finish (default: when stderr is a terminal).
     shard_size : int, optional
-        Images per task (default: about four shards per worker thread, 8 to 1000 images).
-    per_image : bool
-        Also return the per-image records (``result.per_image``, in input order, image ids from
-        the GT annotations), as ``pq_compute(..., per_image=True)`` does locally.
+        Images per task (default: :func:`default_shard_size`).
 
     Returns
     -------
-    PQResult
-        Equal to the result of a local ``pq_compute`` on the same pairs.
+    accumulator
+        A :class:`~fastpq.core.accumulator.PQAccumulator` (a
+        :class:`~fastpq.core.accumulator.RecordingAccumulator` with the records in input order,
+        image ids from the GT annotations, for the records metric), equal to the local one.
+    notes : list of str
+        The suspect-data notes, in image order.
 
     Raises
     ------
+    fastpq.errors.InputError
+        A metric the cluster does not score.
     ImportError
         If dask.distributed is not installed.
     Exception
         What the first bad image in input order raises in a local run (``FileNotFoundError``,
         ``KeyError``, :class:`~fastpq.errors.InputError`, ...).
     """
-    accumulators, records = _run(client, matched, gt_folder, {None: pred_folder}, categories,
-                                 progress=progress, shard_size=shard_size, per_image=per_image)
+    if not metric.on_cluster:
+        raise InputError("metric and convention are not available with a Dask client; "
+                         "evaluate without client=")
+    accumulators, notes, records = _run(client, matched, gt_folder, {None: pred_folder},
+                                        categories, metric, progress=progress,
+                                        shard_size=shard_size)
     acc = accumulators[None]
-    if records is None:
-        return acc.result()
-    return PQResult(categories, acc.tp.copy(), acc.fp.copy(), acc.fn.copy(), acc.iou_sum(),
-                    n_images=acc.n_images, per_image=records)
+    return (acc if records is None else RecordingAccumulator(acc, records)), notes
 
 
-def evaluate_many_on_cluster(client, images: Sequence[tuple], gt_folder,
-                             pred_folders: Mapping, categories: Categories, *,
-                             progress: bool | None = None,
-                             shard_size: int | None = None) -> dict:
+def evaluate_on_cluster(client, matched: Sequence[tuple], gt_folder, pred_folder,
+                        categories: Categories, *, progress: bool | None = None,
+                        shard_size: int | None = None, per_image: bool = False) -> PQResult:
+    """:func:`score_on_cluster`'s result, its notes emitted as
+    :class:`~fastpq.errors.SuspectDataWarning`.
+
+    Parameters
+    ----------
+    client, matched, gt_folder, pred_folder, categories, progress, shard_size
+        As in :func:`score_on_cluster`.
+    per_image : bool
+        Also return the per-image records (``result.per_image``, in input order), as
+        ``pq_compute(..., per_image=True)`` does locally.
+
+    Returns
+    -------
+    PQResult
+        Equal to the result of a local ``pq_compute`` on the same pairs.
+    """
+    metric = resolve_metric(per_image=per_image)
+    acc, notes = score_on_cluster(client, matched, gt_folder, pred_folder, categories, metric,
+                                  progress=progress, shard_size=shard_size)
+    warn_suspect_data(notes)
+    return metric.result(acc)
+
+
+def score_many_on_cluster(client, images: Sequence[tuple], gt_folder, pred_folders: Mapping,
+                          categories: Categories, *, progress: bool | None = None,
+                          shard_size: int | None = None) -> tuple:
     """Score several predictions of each image on a Dask cluster, each GT PNG decoded once.
 
     Parameters
     ----------
     client : distributed.Client
     images : sequence of (dict, dict)
-        ``(gt_ann, {name: pred_ann})`` per image, as :func:`fastpq.io.checkpoints.evaluate_files_many`
-        takes them.
+        ``(gt_ann, {name: pred_ann})`` per image, as
+        :func:`fastpq.io.checkpoints.evaluate_files_many` takes them.
     gt_folder : str or os.PathLike
     pred_folders : mapping
         ``{name: prediction PNG folder}``.
-    categories, progress, shard_size
-        As in :func:`evaluate_on_cluster`.
+    progress, shard_size
+        As in :func:`score_on_cluster`.
 
     Returns
     -------
-    dict
-        ``{name: PQResult}``, equal to the local results.
+    accumulators : dict
+        ``{name: PQAccumulator}``, equal to the local ones.
+    notes : list of str
+        The suspect-data notes, once per image, in image order.
 
     Raises
     ------
     ImportError, Exception
-        As in :func:`evaluate_on_cluster`.
+        As in :func:`score_on_cluster`.
     """
-    accumulators, _ = _run(client, images, gt_folder, dict(pred_folders), categories,
-                           progress=progress, shard_size=shard_size, per_image=False)
-    return {name: acc.result() for name, acc in accumulators.items()}
+    accumulators, notes, _ = _run(client, images, gt_folder, dict(pred_folders), categories,
+                                  DEFAULT_METRIC, progress=progress, shard_size=shard_size)
+    return accumulators, notes
 
 
-def _run(client, items, gt_folder, pred_folders: dict, categories: Categories, *, progress,
-         shard_size, per_image) -> tuple:
-    """Shard, submit, merge; ``({name: PQAccumulator}, records or None)``."""
-    from fastpq.io.coco import _progress_bar
+def evaluate_many_on_cluster(client, images: Sequence[tuple], gt_folder,
+                             pred_folders: Mapping, categories: Categories, *,
+                             progress: bool | None = None,
+                             shard_size: int | None = None) -> dict:
+    """:func:`score_many_on_cluster`'s ``{name: PQResult}``, its notes emitted as
+    :class:`~fastpq.errors.SuspectDataWarning`."""
+    accumulators, notes = score_many_on_cluster(client, images, gt_folder, pred_folders,
+                                                categories, progress=progress,
+                                                shard_size=shard_size)
+    warn_suspect_data(notes)
+    return {name: DEFAULT_METRIC.result(acc) for name, acc in accumulators.items()}
 
+
+def _run(client, items, gt_folder, pred_folders: dict, categories: Categories, metric: Metric, *,
+         progress, shard_size) -> tuple:
+    """Shard, submit, merge; ``({name: PQAccumulator}, notes, records or None)``."""
     distributed = _import_distributed()
     from dask.base import tokenize
 
     call_id = uuid.uuid4().hex
     n = len(items)
+    keeps_records = isinstance(metric.accumulator(categories), RecordingAccumulator)
     if n == 0:
-        return {name: PQAccumulator(categories) for name in pred_folders}, [] if per_image else None
+        return ({name: DEFAULT_METRIC.accumulator(categories) for name in pred_folders}, [],
+                [] if keeps_records else None)
     gt_folder = os.path.abspath(gt_folder)
     pred_folders = {name: os.path.abspath(folder) for name, folder in pred_folders.items()}
     category_list = categories.to_coco()
-    size = int(shard_size) if shard_size else _default_shard_size(n, _threads(client))
+    size = int(shard_size) if shard_size else default_shard_size(n, _threads(client))
     bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
 
     in_flight = distributed.as_completed()
@@ -240,16 +286,16 @@ def _run(client, items, gt_folder, pred_folders: dict, categories: Categories, *
     shard_images = {}         # shard future key -> its number of images (the progress bar)
     ready, failed = [], []
     next_shard = 0
-    bar = _progress_bar(n, progress)
+    bar = progress_bar(n, progress)
 
     def submit_shards():
         nonlocal next_shard
-        limit = _SHARDS_PER_THREAD * max(1, _threads(client))
+        limit = SHARDS_PER_THREAD * max(1, _threads(client))
         while next_shard < len(bounds) and not failed and in_flight.count() < limit:
             start, stop = bounds[next_shard]
             payload = pickle.dumps(list(items[start:stop]), protocol=pickle.HIGHEST_PROTOCOL)
-            future = client.submit(_evaluate_shard, payload, start, gt_folder, pred_folders,
-                                   category_list, per_image,
+            future = client.submit(evaluate_shard, payload, start, gt_folder, pred_folders,
+                                   category_list, metric,
                                    key=f"fastpq-shard-{start}-{stop}-{call_id}")
             first_image[future.key], shard_images[future.key] = start, stop - start
             in_flight.add(future)
@@ -281,82 +327,67 @@ def _run(client, items, gt_folder, pred_folders: dict, categories: Categories, *
     if root.ranges != ((0, n),):
         raise RuntimeError(f"the cluster's partial results cover images {list(root.ranges)} "
                            f"instead of all {n} images once")
-    for _, notes in sorted(root.notes, key=itemgetter(0)):
-        for note in notes:
-            warnings.warn(note, SuspectDataWarning, stacklevel=4)
+    notes = [note for _, shard in sorted(root.notes, key=itemgetter(0)) for note in shard]
     records = None
-    if per_image:
+    if keeps_records:
         records = [r for _, shard in sorted(root.records, key=itemgetter(0)) for r in shard]
-    return root.accumulators, records
+    return root.accumulators, notes, records
 
 
 def _threads(client) -> int:
     return sum(client.nthreads().values())
 
 
-def _default_shard_size(n_images: int, threads: int) -> int:
-    low, high = _SHARD_SIZE_LIMITS
-    per_shard = -(-n_images // (_SHARDS_PER_THREAD_TOTAL * max(1, threads)))
+def default_shard_size(n_images: int, threads: int) -> int:
+    """Images per shard task for ``n_images`` on ``threads`` worker threads: about
+    :data:`SHARDS_PER_THREAD_TOTAL` shards per thread, within :data:`SHARD_SIZE_LIMITS`."""
+    low, high = SHARD_SIZE_LIMITS
+    per_shard = -(-n_images // (SHARDS_PER_THREAD_TOTAL * max(1, threads)))
     return max(low, min(high, per_shard))
 
 
-def _evaluate_shard(payload: bytes, start: int, gt_folder: str, pred_folders: dict,
-                    category_list: list, per_image: bool) -> Partial:
-    """The shard task, run on a worker: score images ``start ..`` with the worker's threads."""
-    from distributed import get_worker
+def evaluate_shard(payload: bytes, start: int, gt_folder: str, pred_folders: dict,
+                   category_list: list, metric: Metric = DEFAULT_METRIC) -> Partial:
+    """The shard task, run on a worker: score images ``start ..`` with the worker's threads.
 
-    from fastpq.io.checkpoints import evaluate_files_many
-    from fastpq.io.coco import evaluate_files, score_files
-    from fastpq.metrics.variants import Scoring
+    Parameters
+    ----------
+    payload : bytes
+        The pickled list of the shard's annotation pairs: ``(gt_ann, pred_ann)`` with one
+        prediction folder, ``(gt_ann, {name: pred_ann})`` with several.
+    start : int
+        The index of the shard's first image in the whole list.
+    gt_folder : str
+    pred_folders : dict
+        ``{name: prediction PNG folder}``.
+    category_list : list
+        The COCO categories list of the category table.
+    metric : Metric
+        With one prediction folder; several are scored by the default metric.
+
+    Returns
+    -------
+    Partial
+    """
+    from distributed import get_worker
 
     items = pickle.loads(payload)
     categories = Categories.from_coco(category_list)
     threads = get_worker().state.nthreads
     records = ()
-    with _NOTES_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if per_image:
-            [(name, pred_folder)] = pred_folders.items()
-            scoring = Scoring(categories, per_image=True, first_index=start,
-                              image_ids=[gt_ann["image_id"] for gt_ann, _ in items])
-            shard_records = score_files(items, gt_folder, pred_folder, scoring, workers=threads,
-                                        progress=False).per_image
-            accumulators = {name: _accumulate_records(shard_records, categories)}
-            records = ((start, shard_records),)
-        elif len(pred_folders) == 1:
-            [(name, pred_folder)] = pred_folders.items()
-            accumulators = {name: evaluate_files(items, gt_folder, pred_folder, categories,
-                                                 workers=threads, progress=False,
-                                                 first_index=start)}
-        else:
-            accumulators = evaluate_files_many(items, gt_folder, pred_folders, categories,
-                                               workers=threads, progress=False,
-                                               first_index=start)
-    notes = tuple(str(w.message) for w in caught if issubclass(w.category, SuspectDataWarning))
-    for w in caught:  # other warnings caught in the window go to the worker's log as usual
-        if not issubclass(w.category, SuspectDataWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if len(pred_folders) == 1:
+        [(name, pred_folder)] = pred_folders.items()
+        acc, notes = evaluate_files(items, gt_folder, pred_folder, categories, metric=metric,
+                                    workers=threads, progress=False, first_index=start)
+        if isinstance(acc, RecordingAccumulator):
+            acc, records = acc.sums, ((start, acc.records),)
+        accumulators = {name: acc}
+    else:
+        accumulators, notes = evaluate_files_many(items, gt_folder, pred_folders, categories,
+                                                  workers=threads, progress=False,
+                                                  first_index=start)
     return Partial(((start, start + len(items)),), accumulators,
-                   ((start, notes),) if notes else (), records)
-
-
-def _accumulate_records(records, categories: Categories) -> PQAccumulator:
-    """A shard's accumulator from its per-image records.
-
-    A record's per-class ``tp``, ``fp``, ``fn`` and ``iou`` are the partials the accumulator adds
-    for that image (:mod:`fastpq.core.records`; categories without any are all zero there), so adding
-    them image by image gives the accumulator of the images themselves, bit for bit.
-    """
-    acc = PQAccumulator(categories)
-    row_of = categories.index_map()
-    for record in records:
-        tp, fp, fn = (np.zeros(len(categories), np.int64) for _ in range(3))
-        iou = np.zeros(len(categories), np.float64)
-        for cid, row in record.per_class.items():
-            k = row_of[cid]
-            tp[k], fp[k], fn[k], iou[k] = row["tp"], row["fp"], row["fn"], row["iou"]
-        acc.add_image(tp, fp, fn, iou)
-    return acc
+                   ((start, tuple(notes)),) if notes else (), records)
 
 
 def _merge_partials(*partials: Partial) -> Partial:

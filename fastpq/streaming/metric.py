@@ -16,15 +16,15 @@ the same bits, when it is read.
 
 from __future__ import annotations
 
-from fastpq.core.accumulator import PQAccumulator
-from fastpq.api import iter_matches
+from fastpq.core.accumulator import PQAccumulator, RecordingAccumulator
 from fastpq.core.categories import Categories
+from fastpq.core.runner import score_arrays
 from fastpq.streaming.distributed import is_distributed, reduce_accumulator
 from fastpq.errors import InputError
 from fastpq.core.inputs import Convention, pick_convention
 from fastpq.kernels.gpu_layout import DEFAULT_CAPACITY, capacity_log2
 from fastpq.core.result import PQResult
-from fastpq.metrics.variants import Scoring
+from fastpq.metrics import resolve_metric
 
 
 class PanopticQuality:
@@ -122,10 +122,11 @@ class PanopticQuality:
         # refuse bad options now rather than at the first update
         Convention("pairs" if label_divisor is None else "divisor", label_divisor, void_label,
                    thing_instance_zero)
-        if metric == "pc":
-            raise InputError("the streaming metric scores metric='pq' or 'pq_dagger'; for Parsing "
-                             "Covering use fastpq.evaluate(..., metric='pc')")
-        Scoring(self.categories, metric=metric, convention=convention)
+        scoring = resolve_metric(metric, convention)
+        if scoring.accumulator_type is not PQAccumulator:
+            raise InputError(f"the streaming metric keeps PQ sums (metric='pq' or 'pq_dagger'); "
+                             f"for {scoring.title} use fastpq.evaluate(..., metric={metric!r})")
+        self._scoring = scoring
         self.metric = metric
         self.convention = convention
         self._records = []
@@ -159,7 +160,7 @@ class PanopticQuality:
     def _on_gpu(self, gt, pred, gt_segments, per_image):
         """The device backend and input convention of this update when its maps live on a GPU
         and the GPU path covers it (the state is then on that device), else None."""
-        if per_image or self.metric != "pq" or self.convention != "panopticapi":
+        if per_image or not self._scoring.on_device:
             return None
         if self.gpu_backend is None:
             from fastpq.gpu.device_state import device_backend as choose_backend
@@ -217,26 +218,16 @@ class PanopticQuality:
                 self._device.add_encoded(backend, gt, pred, convention, update=update)
             return
         self._to_host()
-        if per_image or self.metric != "pq" or self.convention != "panopticapi":
-            scoring = Scoring(self.categories, metric=self.metric, convention=self.convention,
-                              per_image=per_image, first_index=self._acc.n_images)
-            scored = list(iter_matches(gt, pred, gt_segments=gt_segments,
-                                       pred_segments=pred_segments, categories=self.categories,
-                                       label_divisor=self.label_divisor,
-                                       void_label=self.void_label,
-                                       thing_instance_zero=self.thing_instance_zero,
-                                       score=scoring.score))
-            for sums, record in scored:
-                self._acc.add_image(*sums)
-                if record is not None:
-                    self._records.append(record)
-            return
-        matches = list(iter_matches(gt, pred, gt_segments=gt_segments,
-                                    pred_segments=pred_segments, categories=self.categories,
-                                    label_divisor=self.label_divisor, void_label=self.void_label,
-                                    thing_instance_zero=self.thing_instance_zero))
-        for match in matches:
-            self._acc.add_image(match.tp, match.fp, match.fn, match.iou)
+        scoring = self._scoring.with_records() if per_image else self._scoring
+        partials = list(score_arrays(gt, pred, gt_segments=gt_segments,
+                                     pred_segments=pred_segments, categories=self.categories,
+                                     metric=scoring, label_divisor=self.label_divisor,
+                                     void_label=self.void_label,
+                                     thing_instance_zero=self.thing_instance_zero,
+                                     first_index=self._acc.n_images))
+        acc = RecordingAccumulator(self._acc, self._records) if per_image else self._acc
+        for partial in partials:
+            acc.add_image(*partial)
 
     def sync(self) -> PQAccumulator:
         """The accumulator over all ranks (a collective call under ``torch.distributed``).
@@ -276,10 +267,7 @@ class PanopticQuality:
         rank must call it, and every rank returns the global result. ``per_image`` holds this
         process's records when updates asked for them, else None.
         """
-        acc = self.sync()
-        return PQResult(self.categories, acc.tp, acc.fp, acc.fn, acc.iou_sum(),
-                        n_images=acc.n_images, per_image=list(self._records) or None,
-                        metric=self.metric, convention=self.convention)
+        return self._scoring.result(self.sync(), per_image=list(self._records) or None)
 
     def reset(self) -> None:
         """Forget every image (the configuration stays)."""
@@ -340,6 +328,11 @@ class PanopticQuality:
         state = dict(self.__dict__)
         state["process_group"] = None  # a process group belongs to its process
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_scoring" not in state:  # pickled before metrics were objects
+            self._scoring = resolve_metric(self.metric, self.convention)
 
     def __repr__(self):
         n_images = self._acc.n_images if self._device is None else self._device.n_images
