@@ -98,7 +98,7 @@ def assert_reference_message_first(ours, ref):
 def test_missing_png(ds, side):
     path = f"{ds[side + '_folder']}/000000000003.png"
     os.remove(path)
-    with pytest.raises(FileNotFoundError, match=rf"image id 3: .*{path} does not exist"):
+    with pytest.raises(FileNotFoundError, match=rf"image 3 \(id 3\): .*{path} does not exist"):
         quiet_pq_compute(ds["gt_json"], ds["pred_json"])
 
 
@@ -116,7 +116,7 @@ def test_unreadable_png(ds, damage):
     open(path, "wb").write(data)
     with pytest.raises(DecodeError) as caught:
         quiet_pq_compute(ds["gt_json"], ds["pred_json"])
-    assert "image id 5" in str(caught.value) and path in str(caught.value)
+    assert "image 5 (id 5)" in str(caught.value) and path in str(caught.value)
 
 
 def test_png_of_another_size_than_its_pair(ds):
@@ -126,7 +126,7 @@ def test_png_of_another_size_than_its_pair(ds):
     with pytest.raises(InputError) as caught:
         quiet_pq_compute(ds["gt_json"], ds["pred_json"])
     text = str(caught.value)
-    assert "image id 2" in text and path in text
+    assert "image 2 (id 2)" in text and path in text
     assert f"{image.height}x{image.width}" in text and f"{image.height}x{image.width - 3}" in text
     # the reference: a NumPy broadcast error without image id
     with pytest.raises(ValueError, match="broadcast"):
@@ -222,7 +222,7 @@ def test_stale_gt_area_warns_and_scores_like_reference(ds, panopticapi):
     texts = [str(w.message) for w in caught if w.category is SuspectDataWarning]
     for image in (0, 3):
         seg = _first_plain_segment(gt, image)
-        assert any(f"image id {image} " in t and f"segment {seg['id']} has area {seg['area']} in "
+        assert any(f"image {image} (id {image}, " in t and f"segment {seg['id']} has area {seg['area']} in "
                    "the JSON" in t for t in texts)
     assert_counts_equal(ours, reference_stat(ds))
 
@@ -231,7 +231,7 @@ def test_gt_id_in_png_not_in_json_warns_and_scores_like_reference(ds, panopticap
     removed = []
     edit_json(ds["gt_json"], lambda gt: removed.append(
         gt["annotations"][2]["segments_info"].pop(1)))
-    with pytest.warns(SuspectDataWarning, match=rf"image id 2 .*segment {removed[0]['id']} is in "
+    with pytest.warns(SuspectDataWarning, match=rf"image 2 \(id 2, .*segment {removed[0]['id']} is in "
                       "the PNG but not in the JSON"):
         ours = quiet_pq_compute(ds["gt_json"], ds["pred_json"])
     assert_counts_equal(ours, reference_stat(ds))

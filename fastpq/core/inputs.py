@@ -15,17 +15,20 @@ instance when it is ``'instance'``.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from fastpq.core.arrays import (as_array, check_integer_map, is_rgb_map, is_torch_tensor, on_device,
+                               rgb_to_ids, to_host)
 from fastpq.core.categories import Categories
-from fastpq.errors import InputError, SegmentError, where
+from fastpq.core.segments import COCO_ID_LIMIT, SegmentTable
+from fastpq.core.validation import (Policy, check_id_range, check_same_size, check_segments,
+                                    segment_tables)
+from fastpq.errors import InputError, SegmentError
 from fastpq.kernels import pairs as pair_kernels
 from fastpq.kernels import tables
-from fastpq.core.segments import COCO_ID_LIMIT, SegmentTable, coco_table
 
 
 @dataclass(frozen=True)
@@ -57,183 +60,86 @@ class PreparedImage:
     original_ids: Any = None
 
 
-def is_torch_tensor(x) -> bool:
-    """Whether ``x`` is a torch tensor (torch is never imported here: a tensor implies it is)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def on_device(x) -> bool:
-    """Whether a label map lives in GPU memory: a CUDA torch tensor, a CuPy array, or any object
-    with ``__cuda_array_interface__``. The one test that separates the host and device paths."""
-    if is_torch_tensor(x):
-        return x.is_cuda
-    return hasattr(x, "__cuda_array_interface__")
-
-
-def to_host(x, *, what: str, loc: str):
-    """A host copy of a label map in GPU memory (:func:`on_device`).
-
-    CUDA torch tensors become CPU tensors (``.cpu()``), CuPy arrays and other objects with
-    ``__cuda_array_interface__`` NumPy arrays (through CuPy). The copy waits for the device: one
-    host-device synchronisation per call.
-
-    Raises
-    ------
-    InputError
-        The copy failed, or needs CuPy and CuPy is not installed.
-    """
-    if is_torch_tensor(x):
-        return x.detach().cpu()
-    try:
-        import cupy
-    except ImportError:
-        raise InputError(f"{loc}: the {what} map is in GPU memory (a {type(x).__name__}); "
-                         "copying it to the host needs CuPy: pip install fastpq[gpu]") from None
-    try:
-        return cupy.asnumpy(x if isinstance(x, cupy.ndarray) else cupy.asarray(x))
-    except Exception as e:
-        raise InputError(f"{loc}: the {what} map is in GPU memory and could not be copied to "
-                         f"the host: {e}") from None
-
-
 def host_maps(x, what: str):
     """An update's maps (one array or a list) with every GPU map copied to the host: one copy
     (and synchronisation) for a stacked batch, one per map for a list."""
     if isinstance(x, (list, tuple)):
-        return [to_host(m, what=what, loc=where(k)) if on_device(m) else m
+        return [to_host(m, what=what, image_index=k) if on_device(m) else m
                 for k, m in enumerate(x)]
-    return to_host(x, what=what, loc="batch") if on_device(x) else x
+    return to_host(x, what=what) if on_device(x) else x
 
 
-def as_array(x, *, what: str, loc: str) -> np.ndarray:
-    """A host NumPy view of a label map, without a copy for host maps.
-
-    NumPy arrays pass through; torch CPU tensors become their ``.numpy()`` view (any strides);
-    maps in GPU memory (:func:`on_device`) are copied to the host first (:func:`to_host`, a
-    synchronisation); other array-likes go through ``np.asarray``. The dtype is not checked here.
-
-    Raises
-    ------
-    InputError
-        A GPU map that cannot be copied, or a tensor without a NumPy view (bfloat16, sparse,
-        meta).
-    """
-    if isinstance(x, np.ndarray):
-        return x
-    if on_device(x):
-        x = to_host(x, what=what, loc=loc)
-        if isinstance(x, np.ndarray):
-            return x
-    if is_torch_tensor(x):
-        try:
-            return x.detach().numpy()
-        except (TypeError, RuntimeError) as e:
-            raise InputError(f"{loc}: the {what} map, a {x.dtype} tensor ({x.layout}, on "
-                             f"{x.device}), has no NumPy view: {e}") from None
-    try:
-        return np.asarray(x)
-    except Exception as e:  # pragma: no cover - exotic inputs
-        raise InputError(f"{loc}: the {what} map cannot be read as an array: {e}") from None
-
-
-def _check_integer(a: np.ndarray, what: str, loc: str) -> None:
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise InputError(f"{loc}: the {what} map has dtype {a.dtype}; label maps must hold integer "
-                         "ids (cast float maps explicitly if their values are whole numbers)")
-
-
-def _check_ids(ids: np.ndarray, what: str, loc: str, limit: int | None) -> None:
-    if ids.size == 0:
-        return
-    if ids[0] < 0:  # ids are sorted
-        bad = int(ids[0])
-        raise InputError(f"{loc}: the {what} map holds the negative id {bad}; ids must be >= 0")
-    if limit is not None and ids.max() >= limit:
-        raise InputError(f"{loc}: the {what} map holds id {int(ids.max())}, beyond the COCO panoptic "
-                         f"encoding (ids < 2**24 = {limit}); use label_divisor= for larger ids")
-
-
-def _coco_pairs(gt: np.ndarray, pred: np.ndarray, loc: str):
+def _coco_pairs(gt: np.ndarray, pred: np.ndarray, location: dict):
     rgb = [a.ndim == 3 for a in (gt, pred)]
     for a, what, is_rgb in ((gt, "ground-truth", rgb[0]), (pred, "predicted", rgb[1])):
-        if is_rgb and (a.shape[2] not in (3, 4) or a.dtype != np.uint8):
-            raise InputError(f"{loc}: the {what} map has shape {a.shape} and dtype {a.dtype}; COCO "
-                             "maps are (H, W) integer ids or (H, W, 3) uint8 RGB")
-        if not is_rgb and a.ndim != 2:
-            raise InputError(f"{loc}: the {what} map has shape {a.shape}; COCO maps are (H, W) "
-                             "integer ids or (H, W, 3) uint8 RGB")
-        _check_integer(a, what, loc)
-    if gt.shape[:2] != pred.shape[:2]:
-        raise InputError(f"{loc}: the ground truth is {gt.shape[0]}x{gt.shape[1]} but the "
-                         f"prediction is {pred.shape[0]}x{pred.shape[1]}")
+        if (is_rgb and not is_rgb_map(a)) or (not is_rgb and a.ndim != 2):
+            raise InputError(f"the {what} map has shape {a.shape}"
+                             f"{f' and dtype {a.dtype}' if is_rgb else ''}; COCO maps are (H, W) "
+                             "integer ids or (H, W, 3) uint8 RGB", **location)
+        check_integer_map(a, what, **location)
+    check_same_size(gt.shape, pred.shape, **location)
     if all(rgb):
         return pair_kernels.pair_counts_rgb(gt[..., :3], pred[..., :3])
-    gt = rgb2id(gt) if rgb[0] else gt
-    pred = rgb2id(pred) if rgb[1] else pred
+    gt = rgb_to_ids(gt) if rgb[0] else gt
+    pred = rgb_to_ids(pred) if rgb[1] else pred
     return pair_kernels.pair_counts(gt, pred)
-
-
-def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic RGB -> ids (R + 256 G + 256² B) as uint32; extra channels are dropped."""
-    rgb = np.asarray(rgb)
-    return (rgb[..., 0].astype(np.uint32) | (rgb[..., 1].astype(np.uint32) << 8)
-            | (rgb[..., 2].astype(np.uint32) << 16))
-
-
-def _listed_vs_present(table: SegmentTable, present: np.ndarray, what: str, loc: str) -> None:
-    """Every non-void id of the map is listed and every listed id covers pixels."""
-    present = present[present != 0]
-    unlisted = present[~np.isin(present, table.ids)]
-    if unlisted.size:
-        raise SegmentError(f"{loc}: {what} segment id {int(unlisted[0])} is in the map but not in "
-                           "segments_info")
-    absent = table.ids[~np.isin(table.ids, present)]
-    if absent.size:
-        raise SegmentError(f"{loc}: {what} segment id {int(absent[0])} is in segments_info but "
-                           "covers no pixel of the map")
 
 
 def prepare_coco(gt, pred, gt_segments, pred_segments, categories: Categories, *,
                  image_index=None, image_id=None) -> PreparedImage:
-    loc = where(image_index, image_id)
-    gt = as_array(gt, what="ground-truth", loc=loc)
-    pred = as_array(pred, what="predicted", loc=loc)
-    pairs = _coco_pairs(gt, pred, loc)
+    """One image of COCO-convention maps, checked under the strict policy
+    (:class:`fastpq.core.validation.Policy`).
+
+    Raises
+    ------
+    InputError
+        A map that is not (H, W) integer ids or (H, W, 3) uint8 RGB, sizes that differ, ids
+        outside [0, 2**24).
+    SegmentError
+        A malformed segments_info list, an unknown category, an id in a map but not in its
+        list or the reverse.
+    """
+    location = {"image_index": image_index, "image_id": image_id}
+    gt = as_array(gt, what="ground-truth", **location)
+    pred = as_array(pred, what="predicted", **location)
+    pairs = _coco_pairs(gt, pred, location)
     gt_present = np.unique(pairs[0])
     pred_present = np.unique(pairs[1])
-    _check_ids(gt_present, "ground-truth", loc, COCO_ID_LIMIT)
-    _check_ids(pred_present, "predicted", loc, COCO_ID_LIMIT)
-    gt_table = coco_table(gt_segments, categories, side="gt", image_index=image_index,
-                          image_id=image_id)
-    pred_table = coco_table(pred_segments, categories, side="pred", image_index=image_index,
-                            image_id=image_id)
-    _listed_vs_present(gt_table, gt_present, "ground-truth", loc)
-    _listed_vs_present(pred_table, pred_present, "predicted", loc)
+    check_id_range(gt_present, "ground-truth", COCO_ID_LIMIT, **location)
+    check_id_range(pred_present, "predicted", COCO_ID_LIMIT, **location)
+    gt_table, pred_table = segment_tables(gt_segments, pred_segments, categories, Policy.STRICT,
+                                          **location)
+    check_segments(Policy.STRICT, gt_table, pred_table, gt_present, pred_present, **location)
     return PreparedImage(pairs, gt_table, pred_table)
 
 
 def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
                     image_index=None, image_id=None) -> PreparedImage:
-    """Pairs and divisor conventions."""
-    loc = where(image_index, image_id)
-    gt = as_array(gt, what="ground-truth", loc=loc)
-    pred = as_array(pred, what="predicted", loc=loc)
+    """One image of pairs- or divisor-convention maps, checked under the strict policy.
+
+    Raises
+    ------
+    InputError
+        A map of the wrong layout or dtype, sizes that differ, negative or too large ids.
+    SegmentError
+        Pixels of a category neither in the table nor the void label.
+    """
+    location = {"image_index": image_index, "image_id": image_id}
+    gt = as_array(gt, what="ground-truth", **location)
+    pred = as_array(pred, what="predicted", **location)
     for a, what in ((gt, "ground-truth"), (pred, "predicted")):
-        _check_integer(a, what, loc)
+        check_integer_map(a, what, **location)
         want = 3 if convention.name == "pairs" else 2
         if a.ndim != want or (want == 3 and a.shape[2] != 2):
             layout = "(H, W, 2) [category, instance]" if want == 3 else "(H, W) integer"
-            raise InputError(f"{loc}: the {what} map has shape {a.shape}; the {convention.name} "
-                             f"convention takes {layout} maps")
-    if gt.shape != pred.shape:
-        raise InputError(f"{loc}: the ground truth is {gt.shape[0]}x{gt.shape[1]} but the "
-                         f"prediction is {pred.shape[0]}x{pred.shape[1]}")
+            raise InputError(f"the {what} map has shape {a.shape}; the {convention.name} "
+                             f"convention takes {layout} maps", **location)
+    check_same_size(gt.shape, pred.shape, **location)
     if convention.name == "pairs":
         try:
             pairs = pair_kernels.pair_counts_catinst(gt, pred)
         except ValueError as e:
-            raise InputError(f"{loc}: a label map holds {e}") from None
+            raise InputError(f"a label map holds {e}", **location) from None
     else:
         pairs = pair_kernels.pair_counts(gt, pred)
     shift = convention.name == "pairs"
@@ -244,7 +150,7 @@ def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
         tables.encoded_tables(*pairs, shift, div, void, sorted_ids, order,
                               categories.thing_mask, convention.thing_instance_zero == "crowd")
     if status != tables.OK:
-        _raise_encoded(status, int(bad), shift, div, void, loc)
+        raise _encoded_error(status, int(bad), shift, div, void, location)
     gt_table = SegmentTable(gt_ids, gt_dense, gt_crowd)
     pred_table = SegmentTable(pred_ids, pred_dense, np.zeros(pred_ids.size, bool))
     if shift:  # a pair-map segment's own id is its [category, instance]
@@ -256,20 +162,23 @@ def prepare_encoded(gt, pred, categories: Categories, convention: Convention, *,
     return PreparedImage(mapped, gt_table, pred_table, original_ids=original_ids)
 
 
-def _raise_encoded(status: int, bad: int, shift: bool, divisor: int, void: int, loc: str):
+def _encoded_error(status: int, bad: int, shift: bool, divisor: int, void: int,
+                   location: dict) -> InputError:
     """The error of a failed :func:`fastpq.kernels.tables.encoded_tables` check."""
     what = "ground-truth" if status in (tables.GT_NEGATIVE, tables.GT_TOO_LARGE,
                                         tables.GT_UNKNOWN_CATEGORY) else "predicted"
     if status in (tables.GT_NEGATIVE, tables.PRED_NEGATIVE):
-        raise InputError(f"{loc}: the {what} map holds the negative id {bad}; ids must be >= 0")
+        return InputError(f"the {what} map holds the negative id {bad}; ids must be >= 0",
+                          segment_id=bad, **location)
     if status in (tables.GT_TOO_LARGE, tables.PRED_TOO_LARGE):
-        raise InputError(f"{loc}: id {bad} is beyond the supported range (< 2**62)")
+        return InputError(f"id {bad} is beyond the supported range (< 2**62)", segment_id=bad,
+                          **location)
     user_id = bad - 1
     category = user_id >> 32 if shift else user_id // divisor
     name = "ground truth" if what == "ground-truth" else "prediction"
-    raise SegmentError(f"{loc}: the {name} has pixels of category {category} (segment id "
-                       f"{user_id}), which is neither in the category table nor the void label "
-                       f"{void}")
+    return SegmentError(f"the {name} has pixels of category {category} (segment id {user_id}), "
+                        f"which is neither in the category table nor the void label {void}",
+                        segment_id=user_id, **location)
 
 
 def pick_convention(gt, gt_segments, label_divisor, void_label, thing_instance_zero) -> Convention:
@@ -294,7 +203,7 @@ def split_batch(x, convention: Convention, what: str) -> Sequence:
     if isinstance(x, (list, tuple)):
         return list(x)
     if is_torch_tensor(x) and not on_device(x):
-        x = as_array(x, what=what, loc="batch")  # slice NumPy views, compare NumPy dtypes
+        x = as_array(x, what=what)  # slice NumPy views, compare NumPy dtypes
     ndim = getattr(x, "ndim", None)
     if ndim is None:
         raise InputError(f"the {what} input must be an array or a list of arrays, not {type(x).__name__}")

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from fastpq.core.categories import Categories
-from fastpq.errors import SegmentError, where
+from fastpq.errors import SegmentError
 
 #: COCO panoptic ids are 24-bit (id = R + 256 G + 256² B).
 COCO_ID_LIMIT = 1 << 24
@@ -67,7 +67,7 @@ def coco_table(segments_info: Sequence[Mapping], categories: Categories, *, side
     table = _coco_table_fast(segments_info, categories, side, unknown_category, need_area)
     if table is not None:
         return table
-    loc = where(image_index, image_id, file)
+    location = {"image_index": image_index, "image_id": image_id, "file": file}
     name = "ground-truth" if side == "gt" else "predicted"
     ids, cats, crowd, area = [], [], [], []
     index = categories.index_map()
@@ -77,28 +77,33 @@ def coco_table(segments_info: Sequence[Mapping], categories: Categories, *, side
             sid = seg["id"]
             cid = seg["category_id"]
         except (KeyError, TypeError) as e:
-            raise SegmentError(f"{loc}: {name} segments_info entry {k} has no {e} key: {seg!r}") from None
+            raise SegmentError(f"{name} segments_info entry {k} has no {e} key: {seg!r}",
+                               **location) from None
         if isinstance(sid, bool) or not isinstance(sid, (int, np.integer)) or sid < 0:
-            raise SegmentError(f"{loc}: {name} segment id {sid!r} is not a non-negative integer")
+            raise SegmentError(f"{name} segment id {sid!r} is not a non-negative integer",
+                               **location)
         if sid in seen:
-            raise SegmentError(f"{loc}: {name} segment id {sid} is listed twice in segments_info")
+            raise SegmentError(f"{name} segment id {sid} is listed twice in segments_info",
+                               segment_id=sid, **location)
         seen.add(sid)
         if side == "gt" and sid == 0:
-            raise SegmentError(f"{loc}: ground-truth segment id 0 is listed in segments_info, but 0 "
-                               "is VOID in the COCO panoptic format")
+            raise SegmentError("ground-truth segment id 0 is listed in segments_info, but 0 is "
+                               "VOID in the COCO panoptic format", segment_id=0, **location)
         ids.append(sid)
         c = index.get(cid, -1)
         if c < 0 and unknown_category == "error":
-            raise SegmentError(f"{loc}: {name} segment {sid} has unknown category_id {cid!r} "
-                               f"(not in the category table)")
+            raise SegmentError(f"{name} segment {sid} has unknown category_id {cid!r} (not in the "
+                               "category table)", segment_id=sid, **location)
         cats.append(c)
         if side == "gt":
             if "iscrowd" not in seg:
-                raise SegmentError(f"{loc}: ground-truth segment {sid} has no 'iscrowd' key")
+                raise SegmentError(f"ground-truth segment {sid} has no 'iscrowd' key",
+                                   segment_id=sid, **location)
             crowd.append(seg["iscrowd"] == 1)
             if need_area:
                 if "area" not in seg:
-                    raise SegmentError(f"{loc}: ground-truth segment {sid} has no 'area' key")
+                    raise SegmentError(f"ground-truth segment {sid} has no 'area' key",
+                                       segment_id=sid, **location)
                 area.append(seg["area"])
     n = len(ids)
     return SegmentTable(np.array(ids, np.int64).reshape(n), np.array(cats, np.int64).reshape(n),

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fastpq.core.categories import Categories, load_packaged_json
+from fastpq.core.arrays import rgb_to_ids
 from fastpq.errors import InputError
 
 __all__ = ["make_scene", "make_prediction", "make_dataset", "write_coco_dataset", "write_cityscapes_dataset",
@@ -104,8 +105,7 @@ def rgb2id(rgb) -> np.ndarray:
     if rgb.ndim == 0 or rgb.shape[-1] not in (3, 4):
         raise InputError(f"expected RGB values with 3 (or 4, RGBA) channels on the last axis, "
                          f"got an array of shape {rgb.shape}")
-    rgb = rgb[..., :3].astype(np.uint32)
-    return rgb[..., 0] + (rgb[..., 1] << 8) + (rgb[..., 2] << 16)
+    return rgb_to_ids(rgb)
 
 
 # -- run-length view of a label map -------------------------------------------------------------

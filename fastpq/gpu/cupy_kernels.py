@@ -24,6 +24,7 @@ from importlib import resources
 
 import numpy as np
 
+from fastpq.core.arrays import is_torch_tensor
 from fastpq.kernels.gpu_layout import (
     ACCUMULATE_THREADS,
     BLOCK_THREADS,
@@ -168,15 +169,10 @@ def uses_vec4(gt2d, pred2d, tile_pixels: int, aligned: bool) -> bool:
     )
 
 
-def _is_torch_tensor(value) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
-
-
 def _device_id(cp, value) -> int:
     if isinstance(value, cp.ndarray):
         return value.device.id
-    if _is_torch_tensor(value):
+    if is_torch_tensor(value):
         if not value.is_cuda:
             raise TypeError(
                 "fastpq.gpu.cupy_kernels needs CUDA tensors, got a tensor on the CPU; move it with .cuda() or "
@@ -206,7 +202,7 @@ def _stream(cp, stream, device_id: int, values):
     """The stream to launch on: the given one, else torch's current one for torch inputs, else
     CuPy's current one. Accepts CuPy streams, torch streams and raw ``cudaStream_t`` ints."""
     if stream is None:
-        if any(_is_torch_tensor(v) for v in values):
+        if any(is_torch_tensor(v) for v in values):
             torch = sys.modules["torch"]
             return _external_stream(cp, torch.cuda.current_stream(device_id).cuda_stream,
                                     device_id)
@@ -227,7 +223,7 @@ def _as_device_array(cp, value, dtype=None):
         return None
     if isinstance(value, cp.ndarray):
         array = value
-    elif _is_torch_tensor(value):
+    elif is_torch_tensor(value):
         array = cp.from_dlpack(value.detach())
     else:
         array = cp.asarray(value)

@@ -40,8 +40,10 @@ import numpy as np
 
 from fastpq.core.accumulator import PQAccumulator
 from fastpq.core.categories import Categories
-from fastpq.errors import InputError, SegmentError, where
-from fastpq.core.inputs import on_device, split_segments
+from fastpq.core.arrays import check_integer_map, is_rgb_map, on_device, rgb_to_ids
+from fastpq.core.inputs import split_segments
+from fastpq.core.validation import Policy, check_same_size, segment_tables
+from fastpq.errors import InputError, SegmentError
 from fastpq.kernels.gpu_layout import (
     DEFAULT_CAPACITY,
     MODE_DIVISOR,
@@ -58,14 +60,12 @@ from fastpq.kernels.gpu_layout import (
     capacity_log2,
     instance_bits,
 )
-from fastpq.core.segments import coco_table
 
 __all__ = ["DEFAULT_CAPACITY", "DeviceAccumulator", "RECORD_FIELDS", "RefusedUpdates",
            "category_lut", "device_backend", "pad_segment_tables"]
 
 _SEGMENT_STATUS = (STATUS_PRED_ID_NOT_LISTED | STATUS_PRED_SEGMENT_ABSENT
                    | STATUS_PRED_CATEGORY_UNKNOWN | STATUS_CATEGORY_UNKNOWN)
-_INT32_MAX = (1 << 31) - 1
 
 
 def device_backend(gt, pred):
@@ -166,9 +166,7 @@ class RefusedUpdates:
         def reasons(bits):
             return "; ".join(text for bit, text in STATUS_MESSAGES.items() if bits & bit)
 
-        message = (f"image {self.image} of update {self.update} (updates counted from 0 since "
-                   f"the metric was created or reset), on the GPU: {reasons(self.status)}. "
-                   "That update added nothing.")
+        message = f"refused on the GPU: {reasons(self.status)}. That update added nothing."
         if self.status & STATUS_PAIR_TABLE_OVERFLOW:
             slots = 1 << capacity_log2(pair_capacity)
             message += (f" The GPU pair table holds {slots} distinct (gt id, pred id) pairs per "
@@ -180,29 +178,20 @@ class RefusedUpdates:
             message += (f" In all, {self.count} updates ({self.n_images} images) were refused "
                         f"since the state was last read: {reasons(self.all_status)}.")
         kind = SegmentError if self.status & _SEGMENT_STATUS else InputError
-        return kind(message)
+        return kind(message, image_index=self.image, update=self.update)
 
 
 # -- label maps ------------------------------------------------------------------------------------
 
 def _is_rgb(array) -> bool:
-    return array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
+    """One image's map in the COCO PNG layout, (H, W, 3 or 4) uint8."""
+    return array.ndim == 3 and is_rgb_map(array)
 
 
-def _ids(xp, array):
-    """An (H, W) or (B, H, W) integer id map; RGB maps (COCO PNG layout) become ids on the
-    device: R + 256 G + 256**2 B."""
-    if array.dtype == np.uint8 and array.ndim >= 3 and array.shape[-1] in (3, 4):
-        wide = array[..., :3].astype(xp.int32)
-        return wide[..., 0] | (wide[..., 1] << 8) | (wide[..., 2] << 16)
-    return array
-
-
-def _check_dtype(array, what: str, loc: str) -> None:
-    if array.dtype == bool or array.dtype.kind not in "iu":
-        raise InputError(f"{loc}: the {what} map has dtype {array.dtype}; label maps must hold "
-                         "integer ids (cast float maps explicitly if their values are whole "
-                         "numbers)")
+def _ids(array):
+    """An (H, W) or (B, H, W) integer id map; RGB maps (COCO PNG layout) become int32 ids on the
+    device (:func:`fastpq.core.arrays.rgb_to_ids`)."""
+    return rgb_to_ids(array, np.int32) if is_rgb_map(array) else array
 
 
 def _check_same_way(gt, pred) -> None:
@@ -235,8 +224,8 @@ def _batches(backend, gt, pred) -> tuple[list, int]:
     if not isinstance(gt, (list, tuple)):
         g, p = backend.as_array(gt), backend.as_array(pred)
         for array, what in ((g, "ground-truth"), (p, "predicted")):
-            _check_dtype(array, what, "batch")
-        g, p = _ids(xp, g), _ids(xp, p)
+            check_integer_map(array, what)
+        g, p = _ids(g), _ids(p)
         if g.ndim == 2:
             g = g[None]
         if p.ndim == 2:
@@ -253,7 +242,7 @@ def _batches(backend, gt, pred) -> tuple[list, int]:
         return ([(g, p)] if g.shape[0] else []), g.shape[0]
     maps = _image_maps(backend, gt, pred, lambda a: a.ndim == 2 or _is_rgb(a),
                        "COCO maps are (H, W) integer ids or (H, W, 3) uint8 RGB",
-                       lambda a: _ids(xp, a))
+                       _ids)
     return _stack_runs(xp, maps), len(maps)
 
 
@@ -265,18 +254,16 @@ def _image_maps(backend, gt, pred, accepts, layout: str, convert=None) -> list:
         raise InputError(f"{len(gt)} ground-truth maps but {len(pred)} predicted maps")
     maps = []
     for k, (g, p) in enumerate(zip(gt, pred)):
-        loc = where(k)
         g, p = backend.as_array(g), backend.as_array(p)
         for array, what in ((g, "ground-truth"), (p, "predicted")):
-            _check_dtype(array, what, loc)
+            check_integer_map(array, what, image_index=k)
             if not accepts(array):
-                raise InputError(f"{loc}: the {what} map has shape {tuple(array.shape)}; "
-                                 f"{layout}")
+                raise InputError(f"the {what} map has shape {tuple(array.shape)}; {layout}",
+                                 image_index=k)
         if convert is not None:
             g, p = convert(g), convert(p)
         if g.shape != p.shape:
-            raise InputError(f"{loc}: the ground truth is {g.shape[0]}x{g.shape[1]} but the "
-                             f"prediction is {p.shape[0]}x{p.shape[1]}")
+            check_same_size(g.shape, p.shape, image_index=k)
         maps.append((g, p))
     return maps
 
@@ -292,7 +279,7 @@ def _encoded_batches(backend, gt, pred, pairs: bool) -> tuple[list, int]:
     if not isinstance(gt, (list, tuple)):
         g, p = backend.as_array(gt), backend.as_array(pred)
         for array, what in ((g, "ground-truth"), (p, "predicted")):
-            _check_dtype(array, what, "batch")
+            check_integer_map(array, what)
             if array.ndim not in (one, one + 1) or (pairs and array.shape[-1] != 2):
                 raise InputError(f"the {what} maps have shape {tuple(array.shape)}; this "
                                  f"convention takes {layout} maps or a stack of them")
@@ -311,18 +298,14 @@ def _encoded_batches(backend, gt, pred, pairs: bool) -> tuple[list, int]:
 # -- segment tables --------------------------------------------------------------------------------
 
 def _tables(gt_segments, pred_segments, categories: Categories, first: int):
-    """Host segment tables of images ``first, first + 1, ...`` (index within the update)."""
+    """Host segment tables of images ``first, first + 1, ...`` (index within the update), under
+    the deferred policy (:class:`fastpq.core.validation.Policy`): what the host can check is
+    refused here, the rest on the device."""
     gt_tables, pred_tables = [], []
     for k, (gs, ps) in enumerate(zip(gt_segments, pred_segments), start=first):
-        for segments, side, tables in ((gs, "gt", gt_tables), (ps, "pred", pred_tables)):
-            if segments is None:
-                raise InputError(f"{where(k)}: COCO maps need segments_info on both sides")
-            table = coco_table(segments, categories, side=side, image_index=k)
-            if table.ids.size and table.ids.max() > _INT32_MAX:
-                name = "ground-truth" if side == "gt" else "predicted"
-                raise SegmentError(f"{where(k)}: {name} segment id {int(table.ids.max())} does "
-                                   "not fit the GPU path's int32 ids (COCO ids are < 2**24)")
-            tables.append(table)
+        gt_table, pred_table = segment_tables(gs, ps, categories, Policy.DEFERRED, image_index=k)
+        gt_tables.append(gt_table)
+        pred_tables.append(pred_table)
     return gt_tables, pred_tables
 
 

@@ -125,7 +125,7 @@ def evaluate_files_many(images: Sequence[tuple], gt_folder, pred_folders: Mappin
 
     def step(k):
         gt_ann, pred_anns = images[k]
-        gt_ids = read_ground_truth(gt_ann, gt_folder)
+        gt_ids = read_ground_truth(gt_ann, gt_folder, first_index + k)
         scored = {}
         for name, folder in pred_folders.items():
             prepared, image_notes = prepare_pair(gt_ann, pred_anns[name], gt_folder, folder,

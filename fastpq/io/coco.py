@@ -21,8 +21,8 @@ from typing import Sequence
 from fastpq.core.categories import Categories
 from fastpq.core.inputs import PreparedImage
 from fastpq.core.runner import ordered_map, warn_suspect_data
-from fastpq.core.segments import coco_table
-from fastpq.errors import DecodeError, InputError
+from fastpq.core.validation import Policy, check_same_size, check_segments, segment_tables
+from fastpq.errors import DecodeError, InputError, MissingFileError, SuspectNote
 from fastpq.kernels import pairs as pair_kernels
 from fastpq.metrics import DEFAULT_METRIC, Metric, resolve_metric
 
@@ -77,23 +77,33 @@ def pair_annotations(gt_json: dict, pred_json: dict, gt_file, pred_file) -> list
 _BUFFERS = threading.local()
 
 
-def _read_bytes(path, image_id, role):
+def _read_bytes(path, image_id, role, image_index=None):
+    """The contents of one PNG file.
+
+    Raises
+    ------
+    fastpq.errors.MissingFileError
+        (a ``FileNotFoundError``) The file does not exist; names the image and the file.
+    """
     from fastpq.io.png import read_file
 
     try:
         return read_file(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image id {image_id!r}: the {role} PNG {path} does not exist") from None
+        raise MissingFileError(f"the {role} PNG {path} does not exist", image_index=image_index,
+                               image_id=image_id) from None
 
 
-def _read(path, image_id, role):
+def _read(path, image_id, role, image_index=None):
     """The ids of one PNG file (see :func:`_decode`)."""
-    return _decode(_read_bytes(path, image_id, role), path, image_id, role)
+    return _decode(_read_bytes(path, image_id, role, image_index), path, image_id, role,
+                   image_index)
 
 
-def _decode(data, path, image_id, role):
+def _decode(data, path, image_id, role, image_index=None):
     """The ids of one PNG, in this thread's reused buffer for ``role`` (valid until the thread
-    decodes the next image of that role)."""
+    decodes the next image of that role). A :class:`~fastpq.errors.DecodeError` (whose message
+    names the file) is raised again with the image's location."""
     from fastpq.io.png import IdBuffer, read_ids_bytes
 
     buffers = getattr(_BUFFERS, "by_role", None)
@@ -102,92 +112,67 @@ def _decode(data, path, image_id, role):
     try:
         return read_ids_bytes(data, name=os.fspath(path), out=buffers[role])
     except DecodeError as e:
-        raise DecodeError(f"image id {image_id!r}: {e}") from None
+        raise e.relocated(image_index=image_index, image_id=image_id) from None
 
 
 def prepare_pair(gt_ann: dict, pred_ann: dict, gt_folder, pred_folder, categories: Categories,
-                 image_index=None, gt_ids=None) -> tuple[PreparedImage, list[str]]:
-    """Read and check one image as the reference does.
+                 image_index=None, gt_ids=None) -> tuple[PreparedImage, list[SuspectNote]]:
+    """Read and check one image as the reference does, under the reference policy
+    (:class:`fastpq.core.validation.Policy`).
 
-    Returns the pair table and segment tables (GT areas from the JSON) and the warnings about
-    suspect ground truth.
+    Returns the pair table and segment tables (GT areas from the JSON) and the
+    :class:`~fastpq.errors.SuspectNote` values about suspect ground truth
+    (``warnings.warn(note, SuspectDataWarning)`` turns one into a warning).
+
+    Raises
+    ------
+    fastpq.errors.MissingFileError, fastpq.errors.DecodeError, fastpq.errors.InputError
+        A PNG that is missing or cannot be decoded, sizes that differ.
+    fastpq.errors.SegmentError
+        A malformed segments_info list.
+    KeyError
+        The reference's prediction sanity errors (its texts, the file appended).
     """
     from fastpq.io.png import pair_counts_bytes
 
     image_id = gt_ann["image_id"]
     gt_path = os.path.join(gt_folder, gt_ann["file_name"])
     pred_path = os.path.join(pred_folder, pred_ann["file_name"])
-    gt_data = _read_bytes(gt_path, image_id, "ground-truth") if gt_ids is None else None
-    pred_data = _read_bytes(pred_path, image_id, "predicted")
+    gt_data = (_read_bytes(gt_path, image_id, "ground-truth", image_index) if gt_ids is None
+               else None)
+    pred_data = _read_bytes(pred_path, image_id, "predicted", image_index)
     tables = pair_counts_bytes(gt_data, pred_data) if gt_ids is None else None
     if tables is None:  # not both fast-path PNGs of one size, or gt_ids given: one map at a time
-        gt = _decode(gt_data, gt_path, image_id, "ground-truth") if gt_ids is None else gt_ids
-        pred = _decode(pred_data, pred_path, image_id, "predicted")
-        if gt.shape != pred.shape:
-            raise InputError(f"image id {image_id!r}: the ground truth {gt_path} is "
-                             f"{gt.shape[0]}x{gt.shape[1]} but the prediction {pred_path} is "
-                             f"{pred.shape[0]}x{pred.shape[1]}")
+        gt = (_decode(gt_data, gt_path, image_id, "ground-truth", image_index) if gt_ids is None
+              else gt_ids)
+        pred = _decode(pred_data, pred_path, image_id, "predicted", image_index)
+        check_same_size(gt.shape, pred.shape, image_index=image_index, image_id=image_id,
+                        gt_file=gt_path, pred_file=pred_path)
         pairs = pair_kernels.pair_counts(gt, pred)
         del gt, pred
         tables = (*pairs, *pair_kernels.marginals(pairs[0], pairs[2]),
                   *pair_kernels.marginals(pairs[1], pairs[2]))
     pairs = tables[:3]
     gt_present, gt_area, pred_present = tables[3:6]
-    pred_table = coco_table(pred_ann["segments_info"], categories, side="pred",
-                            unknown_category="drop", image_index=image_index, image_id=image_id,
-                            file=pred_path)
-    gt_table = coco_table(gt_ann["segments_info"], categories, side="gt", unknown_category="drop",
-                          need_area=True, image_index=image_index, image_id=image_id, file=gt_path)
-    _check_prediction(pred_table, pred_present, pred_ann, image_id, pred_path)
-    notes = _suspect_ground_truth(gt_table, gt_present, gt_area, image_id, gt_path)
+    gt_table, pred_table = segment_tables(gt_ann["segments_info"], pred_ann["segments_info"],
+                                          categories, Policy.REFERENCE, image_index=image_index,
+                                          image_id=image_id, gt_file=gt_path, pred_file=pred_path)
+    notes = check_segments(Policy.REFERENCE, gt_table, pred_table, gt_present, pred_present,
+                           gt_area=gt_area, pred_segments=pred_ann["segments_info"],
+                           image_index=image_index, image_id=image_id, gt_file=gt_path,
+                           pred_file=pred_path)
     return PreparedImage(pairs, gt_table, pred_table), notes
 
 
-def _check_prediction(table, present, pred_ann, image_id, pred_path) -> None:
-    """The reference's prediction sanity pass, in its order (ascending ids in the PNG)."""
-    listed = {int(i): k for k, i in enumerate(table.ids)}
-    for label in present.tolist():
-        k = listed.get(label)
-        if k is None:
-            if label == 0:
-                continue
-            raise KeyError("In the image with ID {} segment with ID {} is presented in PNG and not "
-                           "presented in JSON. [{}]".format(image_id, label, pred_path))
-        if table.category[k] < 0:
-            raise KeyError("In the image with ID {} segment with ID {} has unknown category_id {}. "
-                           "[{}]".format(image_id, label,
-                                         pred_ann["segments_info"][k]["category_id"], pred_path))
-    leftover = set(listed) - set(present.tolist())
-    if leftover:
-        raise KeyError("In the image with ID {} the following segment IDs {} are presented in JSON "
-                       "and not presented in PNG. [{}]".format(image_id, list(leftover), pred_path))
-
-
-def _suspect_ground_truth(table, present, area, image_id, gt_path) -> list[str]:
-    notes = []
-    pixels = dict(zip(present.tolist(), area.tolist()))
-    for sid, json_area in zip(table.ids.tolist(), table.area.tolist()):
-        px = pixels.get(sid, 0)
-        if px != json_area:
-            notes.append(f"image id {image_id!r} ({gt_path}): ground-truth segment {sid} has area "
-                         f"{json_area:g} in the JSON but {px} pixels in the PNG; the JSON area is "
-                         "used, as the reference does")
-    unlisted = set(pixels) - set(table.ids.tolist()) - {0}
-    for sid in sorted(unlisted):
-        notes.append(f"image id {image_id!r} ({gt_path}): ground-truth segment {sid} is in the PNG "
-                     "but not in the JSON; as in the reference it is neither a segment nor void")
-    return notes
-
-
-def read_ground_truth(gt_ann: dict, gt_folder):
+def read_ground_truth(gt_ann: dict, gt_folder, image_index=None):
     """The decoded ground-truth PNG of one annotation, for :func:`prepare_pair`'s ``gt_ids``
     (several predictions of one image share it: :mod:`fastpq.io.checkpoints`).
 
     The array is this thread's reused buffer: valid until the thread decodes its next
-    ground-truth PNG.
+    ground-truth PNG. Errors name the image (``image_index``, the annotation's ``image_id``).
     """
     return _read(os.path.join(gt_folder, gt_ann["file_name"]), gt_ann["image_id"],
-                 "ground-truth")
+                 "ground-truth", image_index)
 
 
 def evaluate_files(matched: Sequence[tuple], gt_folder, pred_folder, categories: Categories, *,

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastpq.core.arrays import rgb_to_ids
 from fastpq.errors import DecodeError
 from fastpq.kernels.pairs import INITIAL_CAPACITY
 from fastpq.kernels.png import pair_counts_scanlines, unfilter_ids
@@ -156,11 +157,11 @@ def read_ids_bytes(data, name="<bytes>", out=None):
     problem = _inflate_and_unfilter(png, ids)
     if problem is None:
         return ids
-    if problem.startswith(_TRUNCATED):
+    if problem.truncated:
         # Pillow would leave the missing rows at 0 and the reference would score them as void
         # without a word: a silent wrong number, refused here (SPEC, fastpq's decisions §3).
-        raise DecodeError(f"{name} cannot be decoded: {problem}")
-    return _read_ids_with_pillow(data, name, ids, problem=problem)
+        raise DecodeError(f"{name} cannot be decoded: {problem.text}")
+    return _read_ids_with_pillow(data, name, ids, problem=problem.text)
 
 
 def pair_counts_bytes(gt_data, pred_data):
@@ -347,27 +348,28 @@ def _read_crc(data, pos):
     return struct.unpack_from(">I", data, pos)[0]
 
 
-_TRUNCATED = "its image data is truncated"
+class _DataProblem(NamedTuple):
+    """What is wrong with the image data of a `_FastPng`."""
+
+    truncated: bool  # the data ends early (refused); else corrupt (Pillow decides)
+    text: str  # in words, for the error message
 
 
 def _inflate_and_unfilter(png, ids):
-    """Decode a `_FastPng` into ``ids``; None on success, else what is wrong with the data."""
+    """Decode a `_FastPng` into ``ids``; None on success, else a `_DataProblem`."""
     expected = png.scanline_bytes
     scanlines = _inflate(png.idat, expected)
     if isinstance(scanlines, str):
-        return f"its image data is corrupt: {scanlines}"
+        return _DataProblem(False, f"its image data is corrupt: {scanlines}")
     if len(scanlines) != expected:
-        return (
-            f"{_TRUNCATED}: it inflates to {len(scanlines)} bytes, "
-            f"{png.height} rows of {png.width} pixels need {expected}"
-        )
+        return _DataProblem(True, f"its image data is truncated: it inflates to "
+                                  f"{len(scanlines)} bytes, {png.height} rows of {png.width} "
+                                  f"pixels need {expected}")
     bad_row = unfilter_ids(scanlines, png.bytes_per_pixel, ids)
     if bad_row >= 0:
         row_start = bad_row * (1 + png.width * png.bytes_per_pixel)
-        return (
-            f"its image data is corrupt: row {bad_row} has filter type {scanlines[row_start]}, "
-            "PNG filter types are 0 to 4"
-        )
+        return _DataProblem(False, f"its image data is corrupt: row {bad_row} has filter type "
+                                   f"{scanlines[row_start]}, PNG filter types are 0 to 4")
     return None
 
 
@@ -495,7 +497,5 @@ def _read_ids_with_pillow(data, name, out, problem):
         )
     ids = _output(out, pixels.shape[0], pixels.shape[1], name)
     # The reference's rgb2id on the uint32 array, in the same uint32 arithmetic.
-    np.multiply(pixels[:, :, 2], 256 * 256, out=ids)
-    ids += pixels[:, :, 1] * np.uint32(256)
-    ids += pixels[:, :, 0]
+    ids[...] = rgb_to_ids(pixels, np.uint32)
     return ids

@@ -15,14 +15,13 @@ does).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from fastpq.core.accumulator import PQAccumulator
-from fastpq.errors import DecodeError, InputError, SegmentError, where
-from fastpq.core.inputs import as_array, is_torch_tensor, on_device
+from fastpq.core.arrays import as_array, check_integer_map, on_device, to_host
+from fastpq.errors import DecodeError, InputError, MissingFileError, SegmentError
 from fastpq.streaming.metric import PanopticQuality
 from fastpq.core.result import PQResult
 
@@ -32,8 +31,6 @@ logger = logging.getLogger(__name__)
 _DETECTRON2_KEYS = (("PQ", "All", "pq"), ("SQ", "All", "sq"), ("RQ", "All", "rq"),
                     ("PQ_th", "Things", "pq"), ("SQ_th", "Things", "sq"), ("RQ_th", "Things", "rq"),
                     ("PQ_st", "Stuff", "pq"), ("SQ_st", "Stuff", "sq"), ("RQ_st", "Stuff", "rq"))
-
-_BATCH_LOCATION = re.compile(r"image (\d+): ")
 
 
 class PanopticEvaluator:
@@ -162,7 +159,7 @@ class PanopticEvaluator:
             raise InputError(f"process() got {len(inputs)} inputs but {len(outputs)} outputs")
         locations, gts, gt_segments, preds, pred_segments = [], [], [], [], []
         for k, (image, output) in enumerate(zip(inputs, outputs)):
-            loc = where(self._n_processed + k, image.get("image_id"))
+            loc = {"image_index": self._n_processed + k, "image_id": image.get("image_id")}
             gt, gt_info = self._ground_truth(image, loc)
             pred, pred_info = self._prediction(output, loc)
             locations.append(loc)
@@ -175,7 +172,10 @@ class PanopticEvaluator:
         try:
             self.metric.update(gts, preds, gt_segments=gt_segments, pred_segments=pred_segments)
         except InputError as error:
-            raise _relocated(error, locations) from None
+            if error.image_index is None or not 0 <= error.image_index < len(locations):
+                raise
+            # the metric names the image by its position in this batch
+            raise error.relocated(**locations[error.image_index]) from None
         self._n_processed += len(locations)
 
     def evaluate(self) -> dict:
@@ -215,35 +215,35 @@ class PanopticEvaluator:
         return self.result
 
     # -- adapters ---------------------------------------------------------------------------------
-    def _ground_truth(self, image: Mapping, loc: str):
+    def _ground_truth(self, image: Mapping, loc: dict):
         if "segments_info" not in image:
-            raise InputError(f"{loc}: the input has no 'segments_info' (the ground-truth segment "
-                             f"table); its keys are {sorted(image)}")
+            raise InputError(f"the input has no 'segments_info' (the ground-truth segment "
+                             f"table); its keys are {sorted(image)}", **loc)
         if "pan_seg" in image:
-            gt = _on_host(image["pan_seg"])
+            gt = _on_host(image["pan_seg"], "ground-truth", loc)
         elif "pan_seg_file_name" in image:
             gt = _read_ground_truth(image["pan_seg_file_name"], loc)
         else:
-            raise InputError(f"{loc}: the input has neither 'pan_seg' (a ground-truth id map) nor "
+            raise InputError(f"the input has neither 'pan_seg' (a ground-truth id map) nor "
                              f"'pan_seg_file_name' (a COCO panoptic PNG); its keys are "
-                             f"{sorted(image)}")
+                             f"{sorted(image)}", **loc)
         return gt, self._dataset_ids(image["segments_info"], loc, "ground-truth")
 
-    def _prediction(self, output: Mapping, loc: str):
+    def _prediction(self, output: Mapping, loc: dict):
         if "panoptic_seg" not in output:
-            raise InputError(f"{loc}: the model output has no 'panoptic_seg'; its keys are "
-                             f"{sorted(output)}")
+            raise InputError(f"the model output has no 'panoptic_seg'; its keys are "
+                             f"{sorted(output)}", **loc)
         try:
             seg, segments_info = output["panoptic_seg"]
         except (TypeError, ValueError):
-            raise InputError(f"{loc}: the output's 'panoptic_seg' must be a pair (seg, "
-                             "segments_info)") from None
-        seg = _on_host(seg)
+            raise InputError("the output's 'panoptic_seg' must be a pair (seg, segments_info)",
+                             **loc) from None
+        seg = _on_host(seg, "predicted", loc)
         if segments_info is None:
             seg, segments_info = self._from_divisor_map(seg, loc)
         return seg, self._dataset_ids(segments_info, loc, "predicted")
 
-    def _dataset_ids(self, segments_info, loc: str, side: str):
+    def _dataset_ids(self, segments_info, loc: dict, side: str):
         """segments_info with dataset category ids (new dicts only where one is converted)."""
         if self._thing_ids is None:
             return segments_info
@@ -261,26 +261,26 @@ class PanopticEvaluator:
                 name = ("contiguous_to_dataset_id" if isthing or table is self._thing_ids
                         else "stuff_contiguous_to_dataset_id")
                 raise SegmentError(
-                    f"{loc}: {side} segment {segment.get('id')!r} ({'thing' if isthing else 'stuff'}"
-                    f") has contiguous category_id {contiguous!r}, which {name} does not map "
-                    f"(it maps {min(table)}..{max(table)})") from None
+                    f"{side} segment {segment.get('id')!r} ({'thing' if isthing else 'stuff'}) "
+                    f"has contiguous category_id {contiguous!r}, which {name} does not map (it "
+                    f"maps {min(table)}..{max(table)})", segment_id=segment.get("id"),
+                    **loc) from None
             converted.append({**segment, "category_id": dataset_id})
         return converted
 
-    def _from_divisor_map(self, seg, loc: str):
+    def _from_divisor_map(self, seg, loc: dict):
         """detectron2's ``category * label_divisor + instance`` output: ids + 1 and segments."""
         if self.label_divisor is None:
-            raise InputError(f"{loc}: the output's segments_info is None, which detectron2 uses "
-                             "for category * label_divisor + instance maps; pass label_divisor= "
-                             "to the evaluator")
-        seg = as_array(seg, what="predicted", loc=loc)
-        if seg.dtype == bool or not np.issubdtype(seg.dtype, np.integer):
-            raise InputError(f"{loc}: the predicted map has dtype {seg.dtype}; label maps must "
-                             "hold integer ids")
+            raise InputError("the output's segments_info is None, which detectron2 uses for "
+                             "category * label_divisor + instance maps; pass label_divisor= to "
+                             "the evaluator", **loc)
+        seg = as_array(seg, what="predicted", **loc)
+        check_integer_map(seg, "predicted", **loc)
         labels = np.unique(seg)
         if labels.size and labels[0] < -1:
-            raise InputError(f"{loc}: the predicted map holds label {int(labels[0])}; with "
-                             "segments_info None, labels are >= 0 and -1 is void")
+            raise InputError(f"the predicted map holds label {int(labels[0])}; with "
+                             "segments_info None, labels are >= 0 and -1 is void",
+                             segment_id=int(labels[0]), **loc)
         segments_info = []
         for label in labels[labels >= 0].tolist():
             category = label // self.label_divisor
@@ -295,31 +295,17 @@ class PanopticEvaluator:
                 f"{self._n_processed} images processed)")
 
 
-def _on_host(x):
-    """A map in host memory: GPU tensors are copied to the CPU, as detectron2's ``.cpu()``."""
-    if on_device(x):
-        if is_torch_tensor(x):
-            return x.cpu()
-        if hasattr(x, "get"):  # CuPy
-            return x.get()
-    return x
+def _on_host(x, what: str, loc: dict):
+    """A map in host memory: GPU maps are copied to the host, as detectron2's ``.cpu()``."""
+    return to_host(x, what=what, **loc) if on_device(x) else x
 
 
-def _read_ground_truth(path, loc: str) -> np.ndarray:
+def _read_ground_truth(path, loc: dict) -> np.ndarray:
     from fastpq.io.png import read_ids
 
     try:
         return read_ids(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{loc}: the ground-truth PNG {path} does not exist") from None
+        raise MissingFileError(f"the ground-truth PNG {path} does not exist", **loc) from None
     except DecodeError as error:
-        raise DecodeError(f"{loc}: {error}") from None
-
-
-def _relocated(error: InputError, locations: list[str]) -> InputError:
-    """The metric's error with its batch position ('image k') replaced by the image's location."""
-    message = str(error)
-    found = _BATCH_LOCATION.match(message)
-    if found and int(found.group(1)) < len(locations):
-        message = f"{locations[int(found.group(1))]}: {message[found.end():]}"
-    return type(error)(message)
+        raise error.relocated(**loc) from None
