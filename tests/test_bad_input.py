@@ -32,8 +32,9 @@ def test_shape_mismatch_names_image():
 def test_pred_id_in_map_not_listed():
     g, gs, p, ps = scene()
     p[0, 0] = 99
-    with pytest.raises(SegmentError, match=r"id 42.*predicted segment id 99 is in the map"):
+    with pytest.raises(SegmentError, match=r"id 42.*predicted segment id 99 is in the map") as caught:
         call(g, gs, p, ps)
+    assert (caught.value.image_index, caught.value.image_id, caught.value.segment_id) == (0, 42, 99)
 
 
 def test_pred_id_listed_not_in_map():

@@ -240,8 +240,11 @@ def test_predicted_segment_absent_from_the_map(images):
     evaluator = fastpq.PanopticEvaluator(COCO)
     evaluator.process(*dataset_dicts(images[1:3]))
     with pytest.raises(SegmentError, match=r"^image 2 \(id 7\): predicted segment id 424242 is in "
-                                           r"segments_info but covers no pixel"):
+                                           r"segments_info but covers no pixel") as caught:
         evaluator.process([image], [output])
+    # rebuilt from the metric's fields (batch position 0) with the evaluator's location
+    assert (caught.value.image_index, caught.value.image_id, caught.value.segment_id) == (2, 7, 424242)
+    assert caught.value.message.startswith("predicted segment id 424242")
 
 
 def test_predicted_id_in_the_map_but_not_listed(images):

@@ -6,7 +6,7 @@ import pytest
 import fastpq
 from fastpq.datasets import synthetic
 from fastpq.errors import InputError
-from fastpq.core.inputs import as_array
+from fastpq.core.arrays import as_array
 from conventions import divisor_map, pairs_map
 
 torch = pytest.importorskip("torch")
@@ -111,7 +111,7 @@ def test_non_contiguous_views(images):
 
 def test_tensors_are_read_in_place():
     t = torch.arange(24, dtype=torch.int64).reshape(4, 6)[:, ::2]
-    a = as_array(t, what="ground-truth", loc="image 0")
+    a = as_array(t, what="ground-truth", image_index=0)
     assert a.__array_interface__["data"][0] == t.data_ptr()
     assert a.strides == tuple(s * t.element_size() for s in t.stride())
 
