@@ -44,8 +44,11 @@ def format_location(image_index=None, image_id=None, file=None, update=None) -> 
     Returns
     -------
     str
+        The file alone when no image field is known (a whole-file problem: ``'gt.json'``),
         ``'image'`` alone when nothing is known; never ends with a colon.
     """
+    if image_index is None and image_id is None and update is None and file is not None:
+        return os.fspath(file)
     head = "image" if image_index is None else f"image {image_index}"
     if update is not None:
         head += f" of update {update}"

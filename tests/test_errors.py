@@ -30,6 +30,7 @@ CATS = Categories.from_lists(things=[1, 2], stuff=[3])
     ({"image_index": 3, "image_id": "a"}, "image 3 (id 'a')"),
     ({"image_index": 3, "image_id": 42, "file": "x.png"}, "image 3 (id 42, file x.png)"),
     ({"image_id": 42}, "image (id 42)"),
+    ({"file": "gt.json"}, "gt.json"),
     ({"image_index": 1, "update": 0},
      "image 1 of update 0 (updates counted from 0 since the metric was created or reset)"),
 ])

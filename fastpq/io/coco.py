@@ -33,12 +33,12 @@ def load_json(path, role: str) -> dict:
         with open(path, "r", encoding="utf-8") as f, _cyclic_gc_paused():
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise DecodeError(f"{path}: the {role} JSON is not valid JSON ({e.msg} at line {e.lineno}, "
-                          f"column {e.colno}); is the file truncated?") from None
+        raise DecodeError(f"the {role} JSON is not valid JSON ({e.msg} at line {e.lineno}, column "
+                          f"{e.colno}); is the file truncated?", file=path) from None
     if not isinstance(data, dict) or "annotations" not in data:
-        raise InputError(f"{path}: the {role} JSON has no 'annotations' list")
+        raise InputError(f"the {role} JSON has no 'annotations' list", file=path)
     if role == "ground-truth" and "categories" not in data:
-        raise InputError(f"{path}: the ground-truth JSON has no 'categories' list")
+        raise InputError("the ground-truth JSON has no 'categories' list", file=path)
     return data
 
 
