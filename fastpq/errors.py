@@ -9,8 +9,9 @@ rebuild the error from its fields with :meth:`FastPQError.relocated`; nothing pa
 text.
 
 The classes subclass the built-in types users already catch (``ValueError``,
-``FileNotFoundError``, and for the errors of the reference's ``pq_compute``, ``KeyError`` and
-``Exception`` with the reference's message texts).
+``FileNotFoundError``). The errors of the reference's ``pq_compute`` that fastpq reproduces keep
+the reference's built-in types (``KeyError``, ``Exception``) and texts exactly
+(:func:`reference_error`), with the location fields set as attributes.
 
 Suspect data (accepted, as the reference accepts it, but probably wrong) is not raised: it is a
 :class:`SuspectNote` value that the entry point turns into a :class:`SuspectDataWarning`.
