@@ -30,7 +30,7 @@ from typing import Optional
 import numba
 import numpy as np
 
-from fastpq.core.inputs import is_torch_tensor
+from fastpq.core.arrays import is_torch_tensor
 from fastpq.core.sums import two_sum
 from fastpq.gpu.cupy_kernels import batch_label_maps, uses_vec4
 from fastpq.kernels.gpu_layout import (
