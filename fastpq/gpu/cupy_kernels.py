@@ -24,7 +24,7 @@ from importlib import resources
 
 import numpy as np
 
-from fastpq.core.arrays import is_torch_tensor
+from fastpq.core.arrays import check_integer_map, is_torch_tensor
 from fastpq.kernels.gpu_layout import (
     ACCUMULATE_THREADS,
     BLOCK_THREADS,
@@ -131,7 +131,7 @@ def batch_label_maps(gt, pred, xp):
     ------
     ValueError
         The shapes differ or are neither 2-D nor 3-D.
-    TypeError
+    fastpq.errors.InputError
         A map does not hold integers.
     """
     if gt.shape != pred.shape:
@@ -144,9 +144,7 @@ def batch_label_maps(gt, pred, xp):
     maps = []
     wide = gt.dtype.itemsize == 8 or pred.dtype.itemsize == 8
     for name, array in (("gt", gt), ("pred", pred)):
-        kind = array.dtype.kind
-        if kind not in "iu":
-            raise TypeError(f"{name} label map must have an integer dtype, got {array.dtype}")
+        check_integer_map(array, {"gt": "ground-truth", "pred": "predicted"}[name])
         array = xp.ascontiguousarray(array)
         if wide:
             if array.dtype == np.uint64:

@@ -87,8 +87,8 @@ def device_backend(gt, pred):
         first_host = placed.index(False)
         side, k = (("ground-truth", first_host) if first_host < len(gts)
                    else ("predicted", first_host - len(gts)))
-        raise InputError(f"image {k}: the {side} map is in host memory while other maps of the "
-                         "update are on a GPU; pass all maps of an update on the same device")
+        raise InputError(f"the {side} map is in host memory while other maps of the update are "
+                         "on a GPU; pass all maps of an update on the same device", image_index=k)
     from fastpq.gpu.cupy_kernels import CupyBackend
 
     return CupyBackend.for_maps(gts + preds)
