@@ -18,8 +18,8 @@ from numba import njit
 
 from .pair_table import DONE, INITIAL_CAPACITY, grow_and_retry, pair_table
 
-__all__ = ["INITIAL_CAPACITY", "marginals", "pair_counts", "pair_counts_catinst",
-           "pair_counts_rgb"]
+__all__ = ["INITIAL_CAPACITY", "OUTSIDE_CATINST_RANGE", "histogram_catinst", "histogram_ids",
+           "histogram_rgb", "marginals", "pair_counts", "pair_counts_catinst", "pair_counts_rgb"]
 
 #: status of the [category, instance] kernel: a category or instance outside [0, 2**31)
 OUTSIDE_CATINST_RANGE = -1
