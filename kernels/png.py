@@ -20,7 +20,8 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from .pairs import _EMPTY, _finish, _scan_row, marginals
+from .pair_table import DONE, NO_PAIRS, pair_table
+from .pairs import marginals
 
 #: PNG filter types (the first byte of every scanline).
 FILTER_NONE, FILTER_SUB, FILTER_UP, FILTER_AVERAGE, FILTER_PAETH = 0, 1, 2, 3, 4
@@ -309,65 +310,64 @@ def pair_counts_scanlines(gt_scanlines, gt_bytes_per_pixel, pred_scanlines, pred
     row by row: no id map is written, each map keeps one or two rows in cache.
 
     The scanlines are those of `unfilter_ids`; an Up row (most rows of a panoptic PNG) is patched
-    in place over the row above. Each pair of rows goes to the histogram scan of
-    `fastpq.kernels.pairs.pair_counts`, so the table is the same.
+    in place over the row above. The reconstructed rows are the row source of
+    `fastpq.kernels.pair_table.pair_table`, so the table is the one
+    `fastpq.kernels.pairs.pair_counts` returns for the decoded maps.
 
     Returns
     -------
     status : int
-        1 when done; 0 when more than ``capacity // 2`` pairs appeared (call again with a larger
-        power-of-two ``capacity``); ``-1 - y`` when row ``y`` of the ground truth has a filter
-        type outside 0..4, ``-1 - height - y`` for row ``y`` of the prediction.
+        `~fastpq.kernels.pair_table.DONE` (1); `~fastpq.kernels.pair_table.TABLE_FULL` (0) when
+        more than ``capacity // 2`` pairs appeared (call again with a larger power-of-two
+        ``capacity``: `fastpq.kernels.pair_table.grow_and_retry`); ``-1 - y`` when row ``y`` of
+        the ground truth has a filter type outside 0..4, ``-1 - height - y`` for row ``y`` of the
+        prediction.
     gt_ids, pred_ids, counts : ndarray of int64
         The pair table sorted by (gt, pred), as `fastpq.kernels.pairs.pair_counts` returns it.
     gt_present, gt_area, pred_present, pred_area : ndarray of int64
         Each map's distinct ids (ascending) and pixel counts (`fastpq.kernels.pairs.marginals`).
     """
+    # Literal pixel sizes for the common RGB pair, so that the sample offsets in the row loops
+    # are compile-time constants (the RGB gather then vectorises).
     if gt_bytes_per_pixel == 3 and pred_bytes_per_pixel == 3:
-        return _pair_counts_rows(gt_scanlines, 3, pred_scanlines, 3, height, width, capacity)
-    return _pair_counts_rows(gt_scanlines, gt_bytes_per_pixel, pred_scanlines,
-                             pred_bytes_per_pixel, height, width, capacity)
+        return _pair_counts_rows((gt_scanlines, 3, -1), (pred_scanlines, 3, -1 - height), height,
+                                 width, capacity)
+    return _pair_counts_rows((gt_scanlines, gt_bytes_per_pixel, -1),
+                             (pred_scanlines, pred_bytes_per_pixel, -1 - height), height, width,
+                             capacity)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _no_table(status):
-    return status, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _pair_counts_rows(gt_scanlines, gt_bpp, pred_scanlines, pred_bpp, height, width, capacity):
-    if height * width == 0:
-        return _no_table(1)
-    table = np.zeros((capacity, 3), np.int64)
-    mask = capacity - 1
-    gt_rows = np.zeros((2, width), np.uint32)  # row y - 1 starts as the specification's zeros
-    pred_rows = np.zeros((2, width), np.uint32)
-    marks = np.zeros((width + 7) // 8 * 8, np.bool_)
-    positions = np.empty(width, np.int32)
-    change = np.zeros((width + 7) // 8 * 8, np.uint8)
-    words = change.view(np.uint64)
-    run_g, run_p, run, n_used = np.uint32(0), np.uint32(0), 0, 0
-    g = 0
-    p = 0
-    for y in range(height):
-        g = _next_row(gt_scanlines, y, gt_bpp, gt_rows, g, marks, positions)
-        if g < 0:
-            return _no_table(-1 - y)
-        p = _next_row(pred_scanlines, y, pred_bpp, pred_rows, p, marks, positions)
-        if p < 0:
-            return _no_table(-1 - height - y)
-        if y == 0:
-            run_g, run_p = gt_rows[g, 0], pred_rows[p, 0]
-        run_g, run_p, run, n_used = _scan_row(gt_rows[g], pred_rows[p], change, words, run_g,
-                                              run_p, run, table, mask, n_used)
-        if n_used > capacity // 2:
-            return _no_table(0)
-    ok, gt_ids, pred_ids, counts = _finish(table, run_g, run_p, run, mask, n_used)
-    if not ok:
-        return _no_table(0)
+def _pair_counts_rows(gt, pred, height, width, capacity):
+    """The body of `pair_counts_scanlines`, inlined once per pair of pixel sizes; ``gt`` and
+    ``pred`` are (scanlines, bytes per pixel, status of a bad filter type in row 0)."""
+    # row y - 1 of each map starts as the specification's zeros
+    rows = (np.zeros((2, width), np.uint32), np.zeros((2, width), np.uint32), 0, 0,
+            np.zeros((width + 7) // 8 * 8, np.bool_), np.empty(width, np.int32))
+    status, gt_ids, pred_ids, counts = pair_table(_scanline_rows, gt, pred, rows, height, width,
+                                                  capacity)
+    if status != DONE:
+        return status, NO_PAIRS, NO_PAIRS, NO_PAIRS, NO_PAIRS, NO_PAIRS, NO_PAIRS, NO_PAIRS
     gt_present, gt_area = marginals(gt_ids, counts)
     pred_present, pred_area = marginals(pred_ids, counts)
-    return 1, gt_ids, pred_ids, counts, gt_present, gt_area, pred_present, pred_area
+    return DONE, gt_ids, pred_ids, counts, gt_present, gt_area, pred_present, pred_area
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _scanline_rows(y, gt, pred, rows):
+    """Row source of two PNGs' scanlines (`fastpq.kernels.pair_table.pair_table`): row ``y`` of
+    each image reconstructed over its row ``y - 1``. ``rows`` holds both images' two row buffers,
+    which buffer of each holds the last row, and the filters' scratch."""
+    gt_scanlines, gt_bpp, gt_bad_row = gt
+    pred_scanlines, pred_bpp, pred_bad_row = pred
+    gt_rows, pred_rows, g, p, marks, positions = rows
+    g = _next_row(gt_scanlines, y, gt_bpp, gt_rows, g, marks, positions)
+    if g < 0:
+        return gt_bad_row - y, gt_rows[0], pred_rows[0], rows
+    p = _next_row(pred_scanlines, y, pred_bpp, pred_rows, p, marks, positions)
+    if p < 0:
+        return pred_bad_row - y, gt_rows[0], pred_rows[0], rows
+    return DONE, gt_rows[g], pred_rows[p], (gt_rows, pred_rows, g, p, marks, positions)
 
 
 @njit(nogil=True, cache=True, inline="always")

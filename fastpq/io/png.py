@@ -39,7 +39,7 @@ import numpy as np
 
 from fastpq.core.arrays import rgb_to_ids
 from fastpq.errors import DecodeError
-from fastpq.kernels.pairs import INITIAL_CAPACITY
+from fastpq.kernels.pair_table import DONE, grow_and_retry
 from fastpq.kernels.png import pair_counts_scanlines, unfilter_ids
 
 try:
@@ -193,16 +193,9 @@ def pair_counts_bytes(gt_data, pred_data):
     pred_scanlines = _whole_scanlines(pred, slot=1) if gt_scanlines is not None else None
     if pred_scanlines is None:
         return None
-    capacity = INITIAL_CAPACITY
-    while True:
-        status, *tables = pair_counts_scanlines(gt_scanlines, gt.bytes_per_pixel, pred_scanlines,
-                                                pred.bytes_per_pixel, gt.height, gt.width,
-                                                capacity)
-        if status == 1:
-            return tuple(tables)
-        if status < 0:
-            return None
-        capacity *= 4
+    status, *tables = grow_and_retry(pair_counts_scanlines, gt_scanlines, gt.bytes_per_pixel,
+                                     pred_scanlines, pred.bytes_per_pixel, gt.height, gt.width)
+    return tuple(tables) if status == DONE else None
 
 
 def _whole_scanlines(png, slot):
