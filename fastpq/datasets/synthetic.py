@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from fastpq.core.categories import Categories, load_packaged_json
 from fastpq.core.arrays import rgb_to_ids
+from fastpq.core.runner import ordered_map
 from fastpq.errors import InputError
 
 __all__ = ["make_scene", "make_prediction", "make_dataset", "write_coco_dataset", "write_cityscapes_dataset",
@@ -828,8 +828,7 @@ def write_coco_dataset(root, n_images, *, height=480, width=640, categories="coc
                 {"image_id": index, "file_name": name, "segments_info": gt_segments},
                 {"image_id": index, "file_name": name, "segments_info": pred_segments})
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        records = list(pool.map(write_image, range(n_images)))
+    records = list(ordered_map(write_image, n_images, workers or min(8, os.cpu_count() or 1)))
 
     gt_json = {"info": {"description": f"fastpq synthetic panoptic data, seed {seed}"},
                "images": [r[0] for r in records], "annotations": [r[1] for r in records],
@@ -931,8 +930,8 @@ def write_cityscapes_dataset(root, n_images, *, height=1024, width=2048, seed=0,
                  "segments_info": sorted(gt_segments, key=lambda s: s["id"])},
                 {"image_id": image_id, "file_name": pred_name, "segments_info": pred_segments})
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        records = sorted(pool.map(write_image, range(n_images)), key=lambda r: r[0]["id"])
+    records = sorted(ordered_map(write_image, n_images, workers or min(8, os.cpu_count() or 1)),
+                     key=lambda r: r[0]["id"])
 
     gt_json = {"images": [r[0] for r in records], "annotations": [r[1] for r in records],
                "categories": [dict(entry, color=list(_CITYSCAPES_COLORS[entry["id"]]))
