@@ -21,42 +21,11 @@ from fastpq.metrics import DEFAULT_METRIC
 def evaluate_many(gt_json, pred_jsons: Mapping, *, gt_folder=None,
                   pred_folders: Mapping | None = None, workers: int | None = None,
                   progress: bool | None = None, score_images=None) -> dict:
-    """Panoptic Quality of several predictions against one COCO panoptic ground truth.
+    """:func:`fastpq.evaluate_many` on this machine (its parameters, return value and errors).
 
-    Parameters
-    ----------
-    gt_json : str or path
-        The ground-truth JSON (``annotations`` and ``categories``).
-    pred_jsons : mapping
-        ``{name: prediction JSON path}``; names are any hashable labels (checkpoint names).
-    gt_folder : str or path, optional
-        Ground-truth PNGs; default: ``gt_json`` with '.json' removed, as in ``pq_compute``.
-    pred_folders : mapping, optional
-        ``{name: prediction PNG folder}`` for some or all names; a name without one takes its
-        JSON path with '.json' removed.
-    workers : int, optional
-        Local threads, one image (its GT and every prediction) at a time each (default: the
-        number of cores).
-    progress : bool, optional
-        A tqdm bar on stderr (default: when stderr is a terminal).
-    score_images : callable, optional
-        ``score_images(images, gt_folder, pred_folders, categories, progress=)`` scores the
-        images elsewhere (a Dask cluster: ``fastpq.evaluate_many(..., client=)``) and returns
-        ``({name: PQAccumulator}, notes)`` as :func:`evaluate_files_many` does, the default.
-
-    Returns
-    -------
-    dict
-        ``{name: PQResult}`` in the order of ``pred_jsons``; each equals ``pq_compute(gt_json,
-        pred_jsons[name], gt_folder, pred_folders[name], return_result=True)``.
-
-    Raises
-    ------
-    InputError
-        No prediction given, or a ``pred_folders`` name that is not in ``pred_jsons``.
-    Exception
-        What ``pq_compute`` raises for the first bad input: a missing folder, an image without a
-        prediction (both the reference's plain ``Exception``), a bad PNG or segment table.
+    ``score_images(images, gt_folder, pred_folders, categories, progress=)``, when given, scores
+    the images elsewhere (a Dask cluster: ``fastpq.evaluate_many(..., client=)``) and returns
+    ``({name: PQAccumulator}, notes)`` as :func:`evaluate_files_many` does, the default.
     """
     if not pred_jsons:
         raise InputError("evaluate_many needs at least one prediction JSON, got none")
