@@ -33,10 +33,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from common import run_python
 
 RUNNERS = {
     "fastpq": """
@@ -126,56 +126,10 @@ def add_baseline(checkout):
 
 def run_one(tool, gt, pred):
     code = PRELUDE.format(gt=gt, pred=pred) + RUNNERS[tool] + EPILOGUE
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **ENVIRONMENT.get(tool, {})})
-    tree_rss = _proc_tree_rss if os.path.exists(f"/proc/{proc.pid}/task") else _psutil_tree_rss
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
-        time.sleep(0.005)
-    out, err = proc.communicate()
-    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{tool} failed:\n{err[-2000:]}")
-    res = json.loads(lines[-1][7:])
-    res["peak_mb"] = peak / 2**20
-    return res
-
-
-def _proc_tree_rss(pid):
-    """Resident bytes of a process and its descendants, from /proc (Linux). A few file reads:
-    psutil's children() scans every process, which every 5 ms took a quarter of a core from the
-    2-core machine the tools run on."""
-    total = 0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    stack.extend(int(child) for child in f.read().split())
-        except (OSError, ValueError):  # the process or one of its threads has just ended
-            pass
-    return total
-
-
-def _psutil_tree_rss(pid):
-    import psutil
-
     try:
-        parent = psutil.Process(pid)
-        total = parent.memory_info().rss
-        for child in parent.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-    except psutil.Error:
-        return 0
-    return total
+        return run_python(code, ENVIRONMENT.get(tool, {}))
+    except RuntimeError as error:
+        raise RuntimeError(f"{tool} failed: {error}") from None
 
 
 def available(tool):
