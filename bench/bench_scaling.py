@@ -55,8 +55,11 @@ holds the GIL (the part a second thread cannot overlap, the serial share of Amda
 1. py-spy (``pip install py-spy``): ``py-spy record --pid`` attached after the warm-up call, once
    counting every sample in which the thread is running (not idle) and once with ``--gil``, which
    keeps only samples taken while the thread holds the GIL; only stacks inside ``pq_compute``
-   count. share = GIL-holding samples / running samples (two runs of the same work at the same
-   rate; the per-image times show that they did the same work).
+   count. Each run's samples are divided by that run's duration: py-spy pauses the process to
+   read a stack, and it reads (and pauses for) every stack in the plain run but only the
+   GIL-holding ones with ``--gil``, so the two runs stretch differently. share = (GIL-holding
+   samples per second of the ``--gil`` run) / (running samples per second of the plain run);
+   the ms per image that hold the GIL are that share of the unprofiled warm time per image.
 2. A probe thread: it sleeps for random (exponential) intervals inside one GIL-free compiled call
    (Numba ``nogil``: ``nanosleep``, then ``clock_gettime`` on waking, both through ctypes), and
    on return measures how long it waited to take the GIL back. Random arrivals see time averages
@@ -648,14 +651,14 @@ def gil_share(paths, quick):
         except RuntimeError as error:
             print(f"  py-spy: could not profile ({str(error).splitlines()[-1]})")
         else:
-            share = holding / running if running else None
-            per_image = 1000 * statistics.mean([t_all, t_gil]) / (calls * n)
-            print(f"  py-spy at {rate} Hz: {holding} GIL-holding samples (--gil run, "
-                  f"{1000 * t_gil / (calls * n):.3f} ms/image) of {running} running samples "
-                  f"(plain run, {1000 * t_all / (calls * n):.3f} ms/image)")
+            share = (holding / t_gil) / (running / t_all) if running else None
+            per_image = 1000 * one_call / n
+            print(f"  py-spy at {rate} Hz: {holding} GIL-holding samples in {t_gil:.2f} s (--gil "
+                  f"run, {1000 * t_gil / (calls * n):.3f} ms/image), {running} running samples in "
+                  f"{t_all:.2f} s (plain run, {1000 * t_all / (calls * n):.3f} ms/image)")
             if share is not None:
-                print(f"  -> GIL-held share {100 * share:.1f}%: {share * per_image:.3f} ms of "
-                      f"{per_image:.3f} ms per image hold the GIL")
+                print(f"  -> GIL-held share {100 * share:.1f}%: {share * per_image:.3f} ms of the "
+                      f"{per_image:.3f} ms of an unprofiled warm image hold the GIL")
     else:
         print("  py-spy: not installed (pip install py-spy); the probe alone follows")
     code = PROBE_CHILD.format(gt=paths["gt_json"], pred=paths["pred_json"], calls=calls,
