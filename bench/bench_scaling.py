@@ -537,12 +537,47 @@ def print_set(label, n, runs, repeat):
 # The GIL-held share of a file image
 # ---------------------------------------------------------------------------------------------
 
-GIL_CHILD = """
-import json, sys, time
+#: The work measured for the GIL-held share: ``call()``, one evaluation on one thread.
+FASTPQ_WORKLOAD = """
 import fastpq
-GT, PRED, CALLS, SETTLE = {gt!r}, {pred!r}, {calls!r}, {settle!r}
+GT, PRED = {gt!r}, {pred!r}
 def call():
     fastpq.pq_compute(GT, PRED, verbose=False, progress=False, workers=1)
+"""
+
+#: A workload whose GIL-held share is known (the two methods checked on it): each call runs
+#: ROUNDS times a pure-Python loop (holds the GIL) then a Numba nogil loop (releases it); the
+#: child times both parts alone, which gives the true share.
+KNOWN_WORKLOAD = """
+from numba import njit
+HELD, FREE, ROUNDS = {held!r}, {free!r}, {rounds!r}
+@njit(nogil=True, cache=False)
+def gil_free(n):
+    x = 1
+    for i in range(n):
+        x = (x * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFF
+    return x
+def gil_held(n):
+    x = 0
+    for i in range(n):
+        x += i
+    return x
+def call():
+    for _ in range(ROUNDS):
+        gil_held(HELD)
+        gil_free(FREE)
+def true_share():
+    import time
+    gil_free(10)
+    t = time.perf_counter(); [gil_held(HELD) for _ in range(ROUNDS)]; held = time.perf_counter() - t
+    t = time.perf_counter(); [gil_free(FREE) for _ in range(ROUNDS)]; free = time.perf_counter() - t
+    return held / (held + free)
+"""
+
+GIL_CHILD = """
+import json, sys, time
+{workload}
+CALLS, SETTLE = {calls!r}, {settle!r}
 call()  # kernels loaded, page cache warm
 print('READY', flush=True)
 time.sleep(SETTLE)  # py-spy attaches (an idle thread: no samples)
@@ -556,8 +591,8 @@ PROBE_CHILD = """
 import ctypes, json, random, threading, time
 import numpy as np
 from numba import njit
-import fastpq
-GT, PRED, CALLS, CALIBRATE, MEAN_SLEEP = {gt!r}, {pred!r}, {calls!r}, {calibrate!r}, {mean_sleep!r}
+{workload}
+CALLS, CALIBRATE, MEAN_SLEEP = {calls!r}, {calibrate!r}, {mean_sleep!r}
 libc = ctypes.CDLL(None)
 nanosleep = libc.nanosleep
 nanosleep.argtypes, nanosleep.restype = [ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int
@@ -593,8 +628,6 @@ def probed(work):
     thread.join()
     return np.array(waits[1:], np.int64), seconds
 
-def call():
-    fastpq.pq_compute(GT, PRED, verbose=False, progress=False, workers=1)
 sleep_then_stamp(np.zeros(2, np.int64), 1000)  # compiled before any timing
 call()
 t = time.perf_counter()
@@ -607,14 +640,17 @@ for tau in (10, 50):
     out[f"idle_{{tau}}"] = float((idle > tau * 1000).mean())
     out[f"busy_{{tau}}"] = float((busy > tau * 1000).mean())
 out["idle_p50_us"] = float(np.median(idle) / 1000)
+out["busy_p50_us"] = float(np.median(busy) / 1000)
+if "true_share" in globals():
+    out["true_share"] = true_share()
 print('RESULT', json.dumps(out))
 """
 
 
-def pyspy_samples(paths, calls, rate, gil: bool):
-    """Samples inside ``pq_compute`` of a warm workers=1 process (``--gil``: only those holding
-    the GIL), and that process's seconds for its ``calls`` calls."""
-    code = GIL_CHILD.format(gt=paths["gt_json"], pred=paths["pred_json"], calls=calls, settle=1.0)
+def pyspy_samples(workload, calls, rate, gil: bool):
+    """Samples inside ``call()`` of ``workload`` (``--gil``: only those holding the GIL) after
+    one warm-up call, and the seconds of the ``calls`` calls."""
+    code = GIL_CHILD.format(workload=workload, calls=calls, settle=1.0)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "READY":
@@ -630,9 +666,49 @@ def pyspy_samples(paths, calls, rate, gil: bool):
                                f"{err[-1000:]}")
         with open(raw.name) as f:
             lines = f.read().splitlines()
-    samples = sum(int(line.rsplit(" ", 1)[1]) for line in lines if "pq_compute (" in line)
+    samples = sum(int(line.rsplit(" ", 1)[1]) for line in lines if "call (<string>:" in line)
     seconds = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])["seconds"]
     return samples, seconds
+
+
+def measure_gil(workload, calls, per_call, n_images, quick, indent="  "):
+    """Both measurements of the GIL-held share of ``workload``'s ``call()``; prints them and
+    returns (py-spy share or None, probe share at 10 us, the probe child's result)."""
+    share = None
+    if shutil.which("py-spy"):
+        rate = 500
+        try:
+            running, t_all = pyspy_samples(workload, calls, rate, gil=False)
+            holding, t_gil = pyspy_samples(workload, calls, rate, gil=True)
+        except RuntimeError as error:
+            print(f"{indent}py-spy: could not profile ({str(error).splitlines()[-1]})")
+        else:
+            share = (holding / t_gil) / (running / t_all) if running else None
+            unit = calls * n_images
+            print(f"{indent}py-spy at {rate} Hz: {holding} GIL-holding samples in {t_gil:.2f} s "
+                  f"(--gil run, {1000 * t_gil / unit:.3f} ms/image), {running} running samples "
+                  f"in {t_all:.2f} s (plain run, {1000 * t_all / unit:.3f} ms/image)")
+            if share is not None:
+                per_image = 1000 * per_call / n_images
+                print(f"{indent}-> GIL-held share {100 * share:.1f}%: {share * per_image:.3f} ms "
+                      f"of the {per_image:.3f} ms of an unprofiled warm image hold the GIL")
+    else:
+        print(f"{indent}py-spy: not installed (pip install py-spy); the probe alone follows")
+    code = PROBE_CHILD.format(workload=workload, calls=calls, calibrate=0.5 if quick else 2.0,
+                              mean_sleep=300e-6)
+    r = run_python(code)
+    print(f"{indent}probe thread (exponential sleeps, mean 300 us): {r['busy_n']} wake-ups during "
+          f"the calls ({1000 * r['seconds'] / (calls * n_images):.3f} ms/image with the probe, "
+          f"{1000 * r['alone'] / n_images:.3f} without; median GIL wait {r['busy_p50_us']:.1f} us),"
+          f" {r['idle_n']} while idle (median GIL wait {r['idle_p50_us']:.1f} us)")
+    probe_share = None
+    for tau in (10, 50):
+        b, f = r[f"idle_{tau}"], r[f"busy_{tau}"]
+        corrected = (f - b) / (1 - b) if b < 1 else float("nan")
+        probe_share = corrected if tau == 10 else probe_share
+        print(f"{indent}-> waits > {tau:2d} us: {100 * f:.1f}% of wake-ups (idle baseline "
+              f"{100 * b:.1f}%): GIL held >= {100 * corrected:.1f}% of the time")
+    return share, probe_share, r
 
 
 def gil_share(paths, quick):
@@ -642,40 +718,26 @@ def gil_share(paths, quick):
     calls = max(1, math.ceil(target / one_call))
     print(f"\nGIL-held share of a file image: fastpq, workers=1, warm, {n} COCO-like images x "
           f"{calls} calls ({calls * n} images) per measurement")
-    share = None
-    if shutil.which("py-spy"):
-        rate = 500
-        try:
-            running, t_all = pyspy_samples(paths, calls, rate, gil=False)
-            holding, t_gil = pyspy_samples(paths, calls, rate, gil=True)
-        except RuntimeError as error:
-            print(f"  py-spy: could not profile ({str(error).splitlines()[-1]})")
-        else:
-            share = (holding / t_gil) / (running / t_all) if running else None
-            per_image = 1000 * one_call / n
-            print(f"  py-spy at {rate} Hz: {holding} GIL-holding samples in {t_gil:.2f} s (--gil "
-                  f"run, {1000 * t_gil / (calls * n):.3f} ms/image), {running} running samples in "
-                  f"{t_all:.2f} s (plain run, {1000 * t_all / (calls * n):.3f} ms/image)")
-            if share is not None:
-                print(f"  -> GIL-held share {100 * share:.1f}%: {share * per_image:.3f} ms of the "
-                      f"{per_image:.3f} ms of an unprofiled warm image hold the GIL")
-    else:
-        print("  py-spy: not installed (pip install py-spy); the probe alone follows")
-    code = PROBE_CHILD.format(gt=paths["gt_json"], pred=paths["pred_json"], calls=calls,
-                              calibrate=0.5 if quick else 2.0, mean_sleep=300e-6)
-    r = run_python(code)
-    print(f"  probe thread (exponential sleeps, mean 300 us): {r['busy_n']} wake-ups during the "
-          f"calls ({1000 * r['seconds'] / (calls * n):.3f} ms/image with the probe, "
-          f"{1000 * r['alone'] / n:.3f} without), {r['idle_n']} while idle "
-          f"(median GIL wait {r['idle_p50_us']:.1f} us)")
-    probe_share = None
-    for tau in (10, 50):
-        b, f = r[f"idle_{tau}"], r[f"busy_{tau}"]
-        corrected = (f - b) / (1 - b) if b < 1 else float("nan")
-        probe_share = corrected if tau == 10 else probe_share
-        print(f"  -> waits > {tau:2d} us: {100 * f:.1f}% of wake-ups (idle baseline {100 * b:.1f}%)"
-              f": GIL held >= {100 * corrected:.1f}% of the time")
+    workload = FASTPQ_WORKLOAD.format(gt=paths["gt_json"], pred=paths["pred_json"])
+    share, probe_share, _ = measure_gil(workload, calls, one_call, n, quick)
     return share if share is not None else probe_share
+
+
+def check_gil_methods(quick):
+    """Both methods on workloads of known share: long holds (about 300 us Python, 700 us
+    nogil) and short ones (about 15 us and 35 us), each call one "image"."""
+    print("\nthe two GIL measurements on workloads of known share (a Python loop holding the GIL,"
+          " then a Numba nogil loop; true share from timing each part alone):")
+    for label, held, free, rounds in (("long holds", 12000, 250000, 1),
+                                      ("short holds", 600, 12000, 20)):
+        workload = KNOWN_WORKLOAD.format(held=held, free=free, rounds=rounds)
+        calls = 500 if quick else 3000
+        r = run_python(workload + "\nimport json, time\ncall()\nt = time.perf_counter()\n"
+                       "call()\nprint('RESULT', json.dumps(dict(t=time.perf_counter() - t, "
+                       "true=true_share())))")
+        print(f"  {label}: {1e6 * r['t'] / rounds:.0f} us per round, true share "
+              f"{100 * r['true']:.1f}%")
+        measure_gil(workload, calls, r["t"], 1, quick, indent="    ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,6 +806,8 @@ def main(argv=None):
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "fastpq-bench-scaling"),
                     help="where the generated sets are kept")
     ap.add_argument("--no-gil", action="store_true", help="skip the GIL-held share")
+    ap.add_argument("--check-gil", action="store_true",
+                    help="also check both GIL measurements on workloads of known share")
     ap.add_argument("--quick", action="store_true",
                     help="a small smoke run: 40 COCO-like and 2 Cityscapes-like images, 1 round")
     args = ap.parse_args(argv)
@@ -769,6 +833,8 @@ def main(argv=None):
     share = None
     if "fastpq" in tools and sizes and not args.no_gil:
         share = gil_share(written[("coco", min(sizes))], args.quick)
+        if args.check_gil:
+            check_gil_methods(args.quick)
     all_runs = {}
     for label, kind, n in sets:
         repeat = args.repeat_large if (n > 1000 and args.repeat_large) else args.repeat
