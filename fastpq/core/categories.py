@@ -7,6 +7,8 @@ order the categories were given — the order in which the reference sums class 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable, Mapping, Sequence
@@ -115,9 +117,33 @@ class Categories:
 
     @classmethod
     def coerce(cls, categories) -> "Categories":
-        """Accept a Categories, a COCO categories list, or a ``{'things': [...], 'stuff': [...]}``."""
+        """Accept a Categories, a COCO categories list, or a ``{'things': [...], 'stuff': [...]}``.
+
+        A preset name, list or dict is turned into a table once: later calls with equal content
+        get the same (immutable) table back from a small cache keyed on that content — the
+        values read from the list when the call is made, so a list changed afterwards is a new
+        key. Only lists and tuples of plain ``int``/``str``/``bool`` values are cached; anything
+        else is coerced on every call.
+        """
         if isinstance(categories, Categories):
             return categories
+        key = _coerce_key(categories)
+        if key is None:
+            return cls._coerce(categories)
+        with _COERCED_LOCK:
+            table = _COERCED.get(key)
+            if table is not None:
+                _COERCED.move_to_end(key)
+                return table
+        table = cls._coerce(categories)
+        with _COERCED_LOCK:
+            _COERCED[key] = table
+            while len(_COERCED) > COERCE_CACHE_SIZE:
+                _COERCED.popitem(last=False)
+        return table
+
+    @classmethod
+    def _coerce(cls, categories) -> "Categories":
         if isinstance(categories, str):
             presets = {"coco": cls.coco_panoptic, "coco_panoptic": cls.coco_panoptic,
                        "cityscapes": cls.cityscapes}
@@ -173,6 +199,56 @@ class Categories:
 
     def __hash__(self):
         return hash((self.ids, self.isthing))
+
+
+#: Tables kept by :meth:`Categories.coerce` (least recently used dropped first).
+COERCE_CACHE_SIZE = 16
+_COERCED: OrderedDict = OrderedDict()
+_COERCED_LOCK = threading.Lock()
+
+
+class _Missing:
+    """A key absent from a category entry (distinct from any value it could hold)."""
+
+
+_MISSING = _Missing()
+#: The value types a cache key may hold: among them, equal values are the same value (1, True
+#: and 1.0 are equal, but their ``str`` differs, and names are kept as ``str``).
+_KEY_TYPES = frozenset({int, str, _Missing})
+
+
+def _coerce_key(categories):
+    """The cache key of what :meth:`Categories.coerce` was given: a tuple of the values the table
+    is built from, or None when they cannot be read as plain values (a one-shot iterable, an
+    entry that is not a dict, a missing ``id``, a value of another type; the uncached path then
+    builds the table, or raises what it raises)."""
+    if isinstance(categories, str):
+        return ("preset", categories)
+    try:
+        if isinstance(categories, Mapping):
+            if not ("things" in categories or "stuff" in categories):
+                return None
+            things = categories.get("things", ())
+            stuff = categories.get("stuff", ())
+            if not isinstance(things, (list, tuple)) or not isinstance(stuff, (list, tuple)):
+                return None
+            key = ("lists", tuple(things), tuple(stuff))
+            values = list(things) + list(stuff)
+        elif isinstance(categories, (list, tuple)):
+            ids = tuple([c["id"] for c in categories])
+            names = tuple([c.get("name", _MISSING) for c in categories])
+            supercategories = tuple([c.get("supercategory", "") for c in categories])
+            # the flag as the table derives it: a plain bool whatever the value was
+            isthing = tuple([bool(c.get("isthing", 0) == 1) for c in categories])
+            values = ids + names + supercategories
+            key = ("coco", ids, isthing, names, supercategories)
+        else:
+            return None
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None
+    if not set(map(type, values)) <= _KEY_TYPES:
+        return None
+    return key
 
 
 def load_packaged_json(name: str):
