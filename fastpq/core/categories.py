@@ -174,13 +174,19 @@ class Categories:
         return cache
 
     def index_array(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted category ids, their dense indices), for vectorised lookups."""
-        ids = np.asarray(self.ids, dtype=np.int64)
-        order = np.argsort(ids, kind="stable")
-        return ids[order], order.astype(np.int64)
+        """(sorted category ids, their dense indices), for vectorised lookups; built once per
+        table (do not modify them: writeable, because Numba compiles read-only arrays anew)."""
+        arrays = self.__dict__.get("_index_arrays")
+        if arrays is None:
+            ids = np.asarray(self.ids, dtype=np.int64)
+            order = np.argsort(ids, kind="stable")
+            arrays = (ids[order], order.astype(np.int64))
+            object.__setattr__(self, "_index_arrays", arrays)
+        return arrays
 
     @property
     def thing_mask(self) -> np.ndarray:
+        """True for thing classes, by dense index (a new array on each access)."""
         return np.asarray(self.isthing, dtype=bool)
 
     def to_coco(self) -> list[dict]:
