@@ -94,7 +94,8 @@ class PQResult:
     all, things, stuff : SplitScore
         ``.pq``, ``.sq``, ``.rq`` as fractions in [0, 1] (the reference's scale) and ``.n``.
     per_class : dict[int, ClassScore]
-        Keyed by category id, in category-table order; absent categories score 0.0.
+        Keyed by category id, in category-table order; absent categories score 0.0. Rows and
+        splits are computed on first access, from copies of the counts taken at construction.
     per_image : list of fastpq.core.records.ImageRecord or None
         Per-image records when asked for (``per_image=True``), in input order.
     metric : {'pq', 'pq_dagger'}
@@ -127,7 +128,7 @@ class PQResult:
         class_scores, _ = SCORE_RULES[self.convention]
         tp, fp, fn, iou = (a.tolist() for a in (self.tp, self.fp, self.fn, self.iou))
         return {k: class_scores(tp[k], fp[k], fn[k], iou[k])
-                for k in np.flatnonzero((self.tp != 0) | (self.fp != 0) | (self.fn != 0)).tolist()}
+                for k in np.flatnonzero(self.tp + self.fp + self.fn != 0).tolist()}
 
     @cached_property
     def per_class(self) -> dict:
