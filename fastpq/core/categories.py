@@ -201,6 +201,8 @@ class Categories:
             object.__setattr__(self, k, v)
 
     def __eq__(self, other):
+        if other is self:  # the usual case: one coerced table shared by every call
+            return True
         return isinstance(other, Categories) and self.__getstate__() == other.__getstate__()
 
     def __hash__(self):
