@@ -223,6 +223,8 @@ _MISSING = _Missing()
 #: The value types a cache key may hold: among them, equal values are the same value (1, True
 #: and 1.0 are equal, but their ``str`` differs, and names are kept as ``str``).
 _KEY_TYPES = frozenset({int, str, _Missing})
+#: ``isthing`` is only compared with 1: equal values of these types give the same flag.
+_THING_TYPES = frozenset({int, bool})
 
 
 def _coerce_key(categories):
@@ -246,8 +248,9 @@ def _coerce_key(categories):
             ids = tuple([c["id"] for c in categories])
             names = tuple([c.get("name", _MISSING) for c in categories])
             supercategories = tuple([c.get("supercategory", "") for c in categories])
-            # the flag as the table derives it: a plain bool whatever the value was
-            isthing = tuple([bool(c.get("isthing", 0) == 1) for c in categories])
+            isthing = tuple([c.get("isthing", 0) for c in categories])
+            if not set(map(type, isthing)) <= _THING_TYPES:
+                return None
             values = ids + names + supercategories
             key = ("coco", ids, isthing, names, supercategories)
         else:
