@@ -55,6 +55,25 @@ def test_equal_values_whose_text_differs_are_not_confused():
     assert (missing.names, explicit_none.names) == (("5",), ("None",))
 
 
+def test_a_name_changed_to_an_equal_value_of_another_type_is_seen():
+    cats = [{"id": 5, "isthing": 1, "name": 1}]
+    assert Categories.coerce(cats).names == ("1",)
+    cats[0]["name"] = True  # True == 1
+    assert Categories.coerce(cats).names == ("True",)
+    cats = [{"id": 5, "isthing": 1, "name": "a"}]
+    assert Categories.coerce(cats).names == ("a",)
+    cats[0]["name"] = 1.5
+    assert Categories.coerce(cats).names == ("1.5",)
+
+
+def test_entries_with_array_values_are_coerced():
+    cats = [{"id": 1, "isthing": 1, "name": "a", "color": np.array([1, 2, 3])},
+            {"id": 2, "isthing": 0, "name": "b", "color": np.array([4, 5, 6])}]
+    first = Categories.coerce(cats)
+    again = [dict(c, color=c["color"].copy()) for c in cats]  # == on arrays is ambiguous
+    assert Categories.coerce(again) == first == Categories.from_coco(cats)
+
+
 def test_isthing_values_are_read_as_the_reference_reads_them():
     # isthing == 1 is a thing; True is 1; 2 and '1' are stuff
     flags = [Categories.coerce([{"id": 1, "isthing": v}]).isthing[0]

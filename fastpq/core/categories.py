@@ -127,6 +127,9 @@ class Categories:
         """
         if isinstance(categories, Categories):
             return categories
+        table = _recent_table(categories)
+        if table is not None:
+            return table
         key = _coerce_key(categories)
         if key is None:
             return cls._coerce(categories)
@@ -134,12 +137,13 @@ class Categories:
             table = _COERCED.get(key)
             if table is not None:
                 _COERCED.move_to_end(key)
-                return table
-        table = cls._coerce(categories)
-        with _COERCED_LOCK:
-            _COERCED[key] = table
-            while len(_COERCED) > COERCE_CACHE_SIZE:
-                _COERCED.popitem(last=False)
+        if table is None:
+            table = cls._coerce(categories)
+            with _COERCED_LOCK:
+                _COERCED[key] = table
+                while len(_COERCED) > COERCE_CACHE_SIZE:
+                    _COERCED.popitem(last=False)
+        _remember(categories, key, table)
         return table
 
     @classmethod
@@ -260,6 +264,47 @@ def _coerce_key(categories):
     if not set(map(type, values)) <= _KEY_TYPES:
         return None
     return key
+
+
+#: How many recent COCO lists :func:`_recent_table` compares a list with.
+RECENT_LISTS = 4
+_RECENT: list = []  # [(snapshot, table)], most recent first; replaced whole, never mutated
+
+
+def _recent_table(categories):
+    """The table of a recent list equal to ``categories``, or None.
+
+    A quicker test than building the key: ``==`` with a snapshot (a list of copies of the
+    entries, taken when the table was built), which compares the entries in C. Equality of the
+    snapshot means the same table: the fields it is built from were plain ``int``/``bool``
+    (id, isthing) and ``str`` (name, supercategory) in the snapshot, and a value equal to one of
+    those gives the same table; the other fields do not matter.
+    """
+    if type(categories) is not list:
+        return None
+    for snapshot, table in _RECENT:
+        if len(snapshot) != len(categories):
+            continue
+        try:
+            if snapshot == categories:
+                return table
+        except Exception:  # an entry's value with an unusual __eq__ (a NumPy array): no match
+            continue
+    return None
+
+
+def _remember(categories, key, table) -> None:
+    """Keep a snapshot of a COCO list for :func:`_recent_table` when its entries are plain dicts
+    and its names are text."""
+    global _RECENT
+    if (type(categories) is not list or key[0] != "coco"
+            or not all(type(c) is dict for c in categories)
+            or not set(map(type, key[3] + key[4])) <= {str, _Missing}
+            or not set(map(type, key[1])) <= {int}):
+        return
+    snapshot = [dict(c) for c in categories]
+    with _COERCED_LOCK:
+        _RECENT = [(snapshot, table)] + [r for r in _RECENT if r[1] is not table][:RECENT_LISTS - 1]
 
 
 def load_packaged_json(name: str):
