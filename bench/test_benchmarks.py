@@ -59,6 +59,32 @@ def test_evaluate_reference(benchmark, scenes):
     benchmark(reference_core(scenes, CATEGORIES.to_coco()))
 
 
+@pytest.fixture(scope="module")
+def one_image():
+    """One 640x480 COCO-like scene and a batch of 8 (the per-call groups)."""
+    return synthetic.make_dataset(8, height=480, width=640, categories=CATEGORIES, seed=1)
+
+
+def test_per_call_evaluate_one_image(benchmark, one_image):
+    benchmark.group = "per call: one 640x480 COCO image"
+    g, gs, p, ps = one_image[0]
+    listed = CATEGORIES.to_coco()  # as users pass it: the plain categories list
+    benchmark(lambda: fastpq.evaluate(g, p, gt_segments=gs, pred_segments=ps, categories=listed))
+
+
+def test_per_call_reference_core(benchmark, one_image):
+    pytest.importorskip("panopticapi.evaluation")
+    benchmark.group = "per call: one 640x480 COCO image"
+    benchmark(reference_core(one_image[:1], CATEGORIES.to_coco()))
+
+
+def test_per_call_update_batch_of_8(benchmark, one_image):
+    benchmark.group = "per call: PanopticQuality.update, 8 640x480 COCO images"
+    gts, gsegs, preds, psegs = map(list, zip(*one_image))
+    metric = fastpq.PanopticQuality(CATEGORIES.to_coco())
+    benchmark(lambda: metric.update(gts, preds, gt_segments=gsegs, pred_segments=psegs))
+
+
 def test_files_fastpq(benchmark, dataset):
     benchmark.group = "pq_compute, 100 COCO-like PNG pairs"
     benchmark(lambda: fastpq.pq_compute(dataset["gt_json"], dataset["pred_json"], verbose=False,

@@ -104,7 +104,7 @@ class PQAccumulator:
             What the sums score and under whose rules (:mod:`fastpq.metrics`); the convention
             picks the per-class formulas.
         """
-        return PQResult(self.categories, self.tp.copy(), self.fp.copy(), self.fn.copy(),
+        return PQResult(self.categories, self.tp, self.fp, self.fn,  # PQResult copies them
                         self.iou_sum(), n_images=self.n_images, per_image=per_image,
                         metric=metric, convention=convention)
 

@@ -7,6 +7,8 @@ order the categories were given — the order in which the reference sums class 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable, Mapping, Sequence
@@ -115,9 +117,37 @@ class Categories:
 
     @classmethod
     def coerce(cls, categories) -> "Categories":
-        """Accept a Categories, a COCO categories list, or a ``{'things': [...], 'stuff': [...]}``."""
+        """Accept a Categories, a COCO categories list, or a ``{'things': [...], 'stuff': [...]}``.
+
+        A preset name, list or dict is turned into a table once: later calls with equal content
+        get the same (immutable) table back from a small cache keyed on that content — the
+        values read from the list when the call is made, so a list changed afterwards is a new
+        key. Only lists and tuples of plain ``int``/``str``/``bool`` values are cached; anything
+        else is coerced on every call.
+        """
         if isinstance(categories, Categories):
             return categories
+        table = _recent_table(categories)
+        if table is not None:
+            return table
+        key = _coerce_key(categories)
+        if key is None:
+            return cls._coerce(categories)
+        with _COERCED_LOCK:
+            table = _COERCED.get(key)
+            if table is not None:
+                _COERCED.move_to_end(key)
+        if table is None:
+            table = cls._coerce(categories)
+            with _COERCED_LOCK:
+                _COERCED[key] = table
+                while len(_COERCED) > COERCE_CACHE_SIZE:
+                    _COERCED.popitem(last=False)
+        _remember(categories, key, table)
+        return table
+
+    @classmethod
+    def _coerce(cls, categories) -> "Categories":
         if isinstance(categories, str):
             presets = {"coco": cls.coco_panoptic, "coco_panoptic": cls.coco_panoptic,
                        "cityscapes": cls.cityscapes}
@@ -148,13 +178,19 @@ class Categories:
         return cache
 
     def index_array(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted category ids, their dense indices), for vectorised lookups."""
-        ids = np.asarray(self.ids, dtype=np.int64)
-        order = np.argsort(ids, kind="stable")
-        return ids[order], order.astype(np.int64)
+        """(sorted category ids, their dense indices), for vectorised lookups; built once per
+        table (do not modify them: writeable, because Numba compiles read-only arrays anew)."""
+        arrays = self.__dict__.get("_index_arrays")
+        if arrays is None:
+            ids = np.asarray(self.ids, dtype=np.int64)
+            order = np.argsort(ids, kind="stable")
+            arrays = (ids[order], order.astype(np.int64))
+            object.__setattr__(self, "_index_arrays", arrays)
+        return arrays
 
     @property
     def thing_mask(self) -> np.ndarray:
+        """True for thing classes, by dense index (a new array on each access)."""
         return np.asarray(self.isthing, dtype=bool)
 
     def to_coco(self) -> list[dict]:
@@ -169,10 +205,106 @@ class Categories:
             object.__setattr__(self, k, v)
 
     def __eq__(self, other):
+        if other is self:  # the usual case: one coerced table shared by every call
+            return True
         return isinstance(other, Categories) and self.__getstate__() == other.__getstate__()
 
     def __hash__(self):
         return hash((self.ids, self.isthing))
+
+
+#: Tables kept by :meth:`Categories.coerce` (least recently used dropped first).
+COERCE_CACHE_SIZE = 16
+_COERCED: OrderedDict = OrderedDict()
+_COERCED_LOCK = threading.Lock()
+
+
+class _Missing:
+    """A key absent from a category entry (distinct from any value it could hold)."""
+
+
+_MISSING = _Missing()
+#: The value types a cache key may hold: among them, equal values are the same value (1, True
+#: and 1.0 are equal, but their ``str`` differs, and names are kept as ``str``).
+_KEY_TYPES = frozenset({int, str, _Missing})
+#: ``isthing`` is only compared with 1: equal values of these types give the same flag.
+_THING_TYPES = frozenset({int, bool})
+
+
+def _coerce_key(categories):
+    """The cache key of what :meth:`Categories.coerce` was given: a tuple of the values the table
+    is built from, or None when they cannot be read as plain values (a one-shot iterable, an
+    entry that is not a dict, a missing ``id``, a value of another type; the uncached path then
+    builds the table, or raises what it raises)."""
+    if isinstance(categories, str):
+        return ("preset", categories)
+    try:
+        if isinstance(categories, Mapping):
+            if not ("things" in categories or "stuff" in categories):
+                return None
+            things = categories.get("things", ())
+            stuff = categories.get("stuff", ())
+            if not isinstance(things, (list, tuple)) or not isinstance(stuff, (list, tuple)):
+                return None
+            key = ("lists", tuple(things), tuple(stuff))
+            values = list(things) + list(stuff)
+        elif isinstance(categories, (list, tuple)):
+            ids = tuple([c["id"] for c in categories])
+            names = tuple([c.get("name", _MISSING) for c in categories])
+            supercategories = tuple([c.get("supercategory", "") for c in categories])
+            isthing = tuple([c.get("isthing", 0) for c in categories])
+            if not set(map(type, isthing)) <= _THING_TYPES:
+                return None
+            values = ids + names + supercategories
+            key = ("coco", ids, isthing, names, supercategories)
+        else:
+            return None
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None
+    if not set(map(type, values)) <= _KEY_TYPES:
+        return None
+    return key
+
+
+#: How many recent COCO lists :func:`_recent_table` compares a list with.
+RECENT_LISTS = 4
+_RECENT: list = []  # [(snapshot, table)], most recent first; replaced whole, never mutated
+
+
+def _recent_table(categories):
+    """The table of a recent list equal to ``categories``, or None.
+
+    A quicker test than building the key: ``==`` with a snapshot (a list of copies of the
+    entries, taken when the table was built), which compares the entries in C. Equality of the
+    snapshot means the same table: the fields it is built from were plain ``int``/``bool``
+    (id, isthing) and ``str`` (name, supercategory) in the snapshot, and a value equal to one of
+    those gives the same table; the other fields do not matter.
+    """
+    if type(categories) is not list:
+        return None
+    for snapshot, table in _RECENT:
+        if len(snapshot) != len(categories):
+            continue
+        try:
+            if snapshot == categories:
+                return table
+        except Exception:  # an entry's value with an unusual __eq__ (a NumPy array): no match
+            continue
+    return None
+
+
+def _remember(categories, key, table) -> None:
+    """Keep a snapshot of a COCO list for :func:`_recent_table` when its entries are plain dicts
+    and its names are text."""
+    global _RECENT
+    if (type(categories) is not list or key[0] != "coco"
+            or not all(type(c) is dict for c in categories)
+            or not set(map(type, key[3] + key[4])) <= {str, _Missing}
+            or not set(map(type, key[1])) <= {int}):
+        return
+    snapshot = [dict(c) for c in categories]
+    with _COERCED_LOCK:
+        _RECENT = [(snapshot, table)] + [r for r in _RECENT if r[1] is not table][:RECENT_LISTS - 1]
 
 
 def load_packaged_json(name: str):

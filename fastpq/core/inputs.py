@@ -25,7 +25,7 @@ from fastpq.core.arrays import (as_array, check_integer_map, is_rgb_map, is_torc
 from fastpq.core.categories import Categories
 from fastpq.core.segments import COCO_ID_LIMIT, SegmentTable
 from fastpq.core.validation import (Policy, check_id_range, check_same_size, check_segments,
-                                    segment_tables)
+                                    distinct_ids, segment_tables)
 from fastpq.errors import InputError, SegmentError
 from fastpq.kernels import pairs as pair_kernels
 from fastpq.kernels import tables
@@ -103,8 +103,8 @@ def prepare_coco(gt, pred, gt_segments, pred_segments, categories: Categories, *
     gt = as_array(gt, what="ground-truth", **location)
     pred = as_array(pred, what="predicted", **location)
     pairs = _coco_pairs(gt, pred, location)
-    gt_present = np.unique(pairs[0])
-    pred_present = np.unique(pairs[1])
+    gt_present = distinct_ids(pairs[0], ascending=True)  # pairs are sorted by gt id
+    pred_present = distinct_ids(pairs[1])
     check_id_range(gt_present, "ground-truth", COCO_ID_LIMIT, **location)
     check_id_range(pred_present, "predicted", COCO_ID_LIMIT, **location)
     gt_table, pred_table = segment_tables(gt_segments, pred_segments, categories, Policy.STRICT,

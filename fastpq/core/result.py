@@ -13,6 +13,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -93,7 +94,8 @@ class PQResult:
     all, things, stuff : SplitScore
         ``.pq``, ``.sq``, ``.rq`` as fractions in [0, 1] (the reference's scale) and ``.n``.
     per_class : dict[int, ClassScore]
-        Keyed by category id, in category-table order; absent categories score 0.0.
+        Keyed by category id, in category-table order; absent categories score 0.0. Rows and
+        splits are computed on first access, from copies of the counts taken at construction.
     per_image : list of fastpq.core.records.ImageRecord or None
         Per-image records when asked for (``per_image=True``), in input order.
     metric : {'pq', 'pq_dagger'}
@@ -106,41 +108,62 @@ class PQResult:
 
     def __init__(self, categories: Categories, tp, fp, fn, iou, *, n_images: int = 0,
                  per_image=None, metric: str = "pq", convention: str = "panopticapi"):
+        SCORE_RULES[convention]  # an unknown convention is refused here, not at first access
         self.categories = categories
         self.metric = metric
         self.convention = convention
-        self.tp = np.asarray(tp, np.int64)
-        self.fp = np.asarray(fp, np.int64)
-        self.fn = np.asarray(fn, np.int64)
-        self.iou = np.asarray(iou, np.float64)
+        # copies: the rows are computed from these later, whatever the caller does to its arrays
+        self.tp = np.array(tp, np.int64)
+        self.fp = np.array(fp, np.int64)
+        self.fn = np.array(fn, np.int64)
+        self.iou = np.array(iou, np.float64)
         self.n_images = n_images
         self.per_image = per_image
-        class_scores, split_rq = SCORE_RULES[convention]
-        self.per_class: dict[int, ClassScore] = {}
-        for k, cid in enumerate(categories.ids):
-            tp_k, fp_k, fn_k = int(self.tp[k]), int(self.fp[k]), int(self.fn[k])
-            iou_k = float(self.iou[k])
-            if tp_k + fp_k + fn_k == 0:
-                pq = sq = rq = 0.0
-            else:
-                pq, sq, rq = class_scores(tp_k, fp_k, fn_k, iou_k)
-            self.per_class[cid] = ClassScore(cid, categories.names[k], categories.isthing[k],
-                                             pq, sq, rq, tp_k, fp_k, fn_k, iou_k)
-        self.all, self.things, self.stuff = (self._split(isthing, split_rq)
-                                             for _, isthing in SPLITS)
 
-    def _split(self, isthing, split_rq) -> SplitScore:
+    # Rows and splits are built on first access: a one-image evaluate call would otherwise spend
+    # more time building 133 rows than scoring the image.
+    @cached_property
+    def _scores(self) -> dict:
+        """{dense index: (pq, sq, rq)} of the categories with any tp, fp or fn, in table order."""
+        class_scores, _ = SCORE_RULES[self.convention]
+        tp, fp, fn, iou = (a.tolist() for a in (self.tp, self.fp, self.fn, self.iou))
+        return {k: class_scores(tp[k], fp[k], fn[k], iou[k])
+                for k in np.flatnonzero(self.tp + self.fp + self.fn != 0).tolist()}
+
+    @cached_property
+    def per_class(self) -> dict:
+        """{category id: ClassScore}, in category-table order (built on first access)."""
+        categories, scores = self.categories, self._scores
+        tp, fp, fn, iou = (a.tolist() for a in (self.tp, self.fp, self.fn, self.iou))
+        return {cid: ClassScore(cid, categories.names[k], categories.isthing[k],
+                                *scores.get(k, (0.0, 0.0, 0.0)), tp[k], fp[k], fn[k], iou[k])
+                for k, cid in enumerate(categories.ids)}
+
+    @cached_property
+    def all(self) -> SplitScore:
+        return self._split(None)
+
+    @cached_property
+    def things(self) -> SplitScore:
+        return self._split(True)
+
+    @cached_property
+    def stuff(self) -> SplitScore:
+        return self._split(False)
+
+    def _split(self, isthing) -> SplitScore:
+        """A split's average over its categories with any tp, fp or fn, summed in table order."""
+        _, split_rq = SCORE_RULES[self.convention]
+        flags = self.categories.isthing
         pq = sq = rq = 0.0
         n = 0
-        for row in self.per_class.values():
-            if isthing is not None and row.isthing != isthing:
-                continue
-            if row.tp + row.fp + row.fn == 0:
+        for k, (pq_k, sq_k, rq_k) in self._scores.items():
+            if isthing is not None and flags[k] != isthing:
                 continue
             n += 1
-            pq += row.pq
-            sq += row.sq
-            rq += row.rq
+            pq += pq_k
+            sq += sq_k
+            rq += rq_k
         if n == 0:
             return SplitScore(0.0, 0.0, 0.0, 0)
         return SplitScore(pq / n, sq / n, split_rq(rq, n), n)

@@ -17,6 +17,8 @@ from fastpq.errors import SegmentError
 #: COCO panoptic ids are 24-bit (id = R + 256 G + 256² B).
 COCO_ID_LIMIT = 1 << 24
 
+_INT = frozenset({int})
+
 
 @dataclass
 class SegmentTable:
@@ -124,7 +126,7 @@ def _coco_table_fast(segments_info, categories: Categories, side: str, unknown_c
     except (KeyError, TypeError):
         return None
     n = len(ids)
-    if not all(type(sid) is int for sid in ids) or len(set(ids)) != n:
+    if not set(map(type, ids)) <= _INT or len(set(ids)) != n:
         return None
     if n and (min(ids) < (1 if side == "gt" else 0) or max(ids) >= 2**63):
         return None
@@ -134,6 +136,6 @@ def _coco_table_fast(segments_info, categories: Categories, side: str, unknown_c
         area_array = np.array(area, np.float64).reshape(n) if need_area else None
     except (TypeError, ValueError):
         return None
-    return SegmentTable(np.array(ids, np.int64), np.array(cats, np.int64).reshape(n),
+    return SegmentTable(np.array(ids, np.int64), np.array(cats, np.int64),
                         np.array(crowd, bool).reshape(n) if side == "gt" else np.zeros(n, bool),
                         area_array)
