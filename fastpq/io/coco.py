@@ -100,17 +100,42 @@ def _read(path, image_id, role, image_index=None):
                    image_index)
 
 
-def _decode(data, path, image_id, role, image_index=None):
-    """The ids of one PNG, in this thread's reused buffer for ``role`` (valid until the thread
-    decodes the next image of that role). A :class:`~fastpq.errors.DecodeError` (whose message
-    names the file) is raised again with the image's location."""
+def read_png_ids(path, role: str, *, image_index=None, image_id=None):
+    """The ids of one COCO panoptic PNG file, in a new array; errors name the image.
+
+    Parameters
+    ----------
+    path : str or path
+    role : {'ground-truth', 'predicted'}
+        For the messages.
+    image_index, image_id : optional
+        Where the file belongs (:func:`fastpq.errors.format_location`).
+
+    Raises
+    ------
+    fastpq.errors.MissingFileError
+        The file does not exist.
+    fastpq.errors.DecodeError
+        It cannot be decoded (the message names the file).
+    """
+    return _decode(_read_bytes(path, image_id, role, image_index), path, image_id, role,
+                   image_index, reuse_buffer=False)
+
+
+def _decode(data, path, image_id, role, image_index=None, *, reuse_buffer=True):
+    """The ids of one PNG, by default in this thread's reused buffer for ``role`` (valid until
+    the thread decodes the next image of that role). A :class:`~fastpq.errors.DecodeError`
+    (whose message names the file) is raised again with the image's location."""
     from fastpq.io.png import IdBuffer, read_ids_bytes
 
-    buffers = getattr(_BUFFERS, "by_role", None)
-    if buffers is None:
-        buffers = _BUFFERS.by_role = {"ground-truth": IdBuffer(), "predicted": IdBuffer()}
+    out = None
+    if reuse_buffer:
+        buffers = getattr(_BUFFERS, "by_role", None)
+        if buffers is None:
+            buffers = _BUFFERS.by_role = {"ground-truth": IdBuffer(), "predicted": IdBuffer()}
+        out = buffers[role]
     try:
-        return read_ids_bytes(data, name=os.fspath(path), out=buffers[role])
+        return read_ids_bytes(data, name=os.fspath(path), out=out)
     except DecodeError as e:
         raise e.relocated(image_index=image_index, image_id=image_id) from None
 

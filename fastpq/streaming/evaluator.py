@@ -21,7 +21,8 @@ import numpy as np
 
 from fastpq.core.accumulator import PQAccumulator
 from fastpq.core.arrays import as_array, check_integer_map, on_device, to_host
-from fastpq.errors import DecodeError, InputError, MissingFileError, SegmentError
+from fastpq.errors import InputError, SegmentError
+from fastpq.io.coco import read_png_ids
 from fastpq.streaming.metric import PanopticQuality
 from fastpq.core.result import PQResult
 
@@ -222,7 +223,7 @@ class PanopticEvaluator:
         if "pan_seg" in image:
             gt = _on_host(image["pan_seg"], "ground-truth", loc)
         elif "pan_seg_file_name" in image:
-            gt = _read_ground_truth(image["pan_seg_file_name"], loc)
+            gt = read_png_ids(image["pan_seg_file_name"], "ground-truth", **loc)
         else:
             raise InputError(f"the input has neither 'pan_seg' (a ground-truth id map) nor "
                              f"'pan_seg_file_name' (a COCO panoptic PNG); its keys are "
@@ -300,12 +301,3 @@ def _on_host(x, what: str, loc: dict):
     return to_host(x, what=what, **loc) if on_device(x) else x
 
 
-def _read_ground_truth(path, loc: dict) -> np.ndarray:
-    from fastpq.io.png import read_ids
-
-    try:
-        return read_ids(path)
-    except FileNotFoundError:
-        raise MissingFileError(f"the ground-truth PNG {path} does not exist", **loc) from None
-    except DecodeError as error:
-        raise error.relocated(**loc) from None
